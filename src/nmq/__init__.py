@@ -1,0 +1,41 @@
+"""nmq: N:M structured sparse, low-bit quantized weights for LLMs.
+
+The public surface (DESIGN.md section 8):
+
+>>> import torch, nmq
+>>> t = nmq.compress_weight(torch.randn(64, 256), pattern="2:4", bits=4, group_size=128)
+>>> y = nmq.matmul(torch.randn(2, 256), t, backend="reference", path="w4a16")
+>>> y.shape
+torch.Size([2, 64])
+"""
+
+from .backends import available as available_backends
+from .backends import matmul
+from .builtin import builtin_model
+from .checkpoint import load_model, save_checkpoint
+from .compress import compress_weight
+from .errors import NMQError
+from .linear import NMQLinear
+from .model import compress_model
+from .pattern import Pattern
+from .recipe import Recipe
+from .serialize import load_tensor
+from .tensor import NMQTensor
+
+__version__ = "0.1.0"
+
+__all__ = [
+    "NMQError",
+    "NMQLinear",
+    "NMQTensor",
+    "Pattern",
+    "Recipe",
+    "available_backends",
+    "builtin_model",
+    "compress_model",
+    "compress_weight",
+    "load_model",
+    "load_tensor",
+    "matmul",
+    "save_checkpoint",
+]

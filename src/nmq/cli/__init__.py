@@ -1,0 +1,1 @@
+"""The ``nmq`` command line."""

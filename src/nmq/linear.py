@@ -1,0 +1,65 @@
+"""NMQLinear: a drop-in ``torch.nn.Linear`` whose weight is an NMQTensor.
+
+>>> import torch, nmq
+>>> dense = torch.nn.Linear(128, 32)
+>>> layer = nmq.NMQLinear.from_linear(dense, pattern="2:4", group_size=64)
+>>> layer(torch.randn(2, 5, 128)).shape
+torch.Size([2, 5, 32])
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import torch
+
+from .backends import check_path, get_backend
+from .compress import compress_weight
+from .tensor import NMQTensor
+
+
+class NMQLinear(torch.nn.Module):
+    """``y = x @ W.T + b`` with ``W`` compressed; the backend's packed form is built once."""
+
+    def __init__(
+        self, weight: NMQTensor, bias: torch.Tensor | None = None, backend: str = "auto", path: str = "w4a16"
+    ) -> None:
+        super().__init__()
+        self.nmq_weight = weight
+        self.in_features, self.out_features = weight.in_features, weight.out_features
+        self.bias = None if bias is None else torch.nn.Parameter(bias.detach().clone(), requires_grad=False)
+        self.backend = backend
+        self.path = check_path(path)
+        self._packed: dict[str, Any] = {}
+
+    @classmethod
+    def from_linear(cls, linear: torch.nn.Linear, backend: str = "auto", path: str = "w4a16", **compress) -> NMQLinear:
+        """Compress ``linear.weight`` with :func:`nmq.compress_weight` keyword arguments."""
+        t = compress_weight(linear.weight, **compress)
+        return cls(t, linear.bias, backend=backend, path=path)
+
+    def set_backend(self, backend: str = "auto", path: str | None = None) -> None:
+        """Choose the backend (and numeric path) used from the next call on."""
+        get_backend(backend)  # fail now, not at the first forward
+        self.backend = backend
+        if path is not None:
+            self.path = check_path(path)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        lead = x.shape[:-1]
+        x2 = x.reshape(-1, x.shape[-1])
+        backend = get_backend(self.backend, x.device.type, x2.shape[0])
+        packed = self._packed.get(backend.name)
+        if packed is None:
+            packed = self._packed[backend.name] = backend.prepack(self.nmq_weight)
+        y = backend.matmul(x2, packed, self.path)
+        if self.bias is not None:
+            y = y + self.bias.float()
+        return y.to(x.dtype).reshape(*lead, self.out_features)
+
+    def extra_repr(self) -> str:
+        t = self.nmq_weight
+        return (
+            f"in_features={self.in_features}, out_features={self.out_features}, bias={self.bias is not None}, "
+            f"pattern={t.pattern}, bits={t.bits}, group_size={t.group_size}, backend={self.backend}, path={self.path}"
+        )

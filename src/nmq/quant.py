@@ -1,0 +1,120 @@
+"""Group-wise integer quantization of weights (RTN) and of activations (int8).
+
+Weights: codes ``c`` in ``0 .. 2**bits - 1`` with an fp16 scale per group.
+Symmetric codes mean ``(c - 2**(bits-1)) * scale`` with
+``scale = absmax / (2**(bits-1) - 1)``; asymmetric ones mean
+``(c - zero) * scale`` with ``scale = (max - min) / (2**bits - 1)`` over a range
+that always includes 0, so a zero weight stays exactly zero. Rounding is half
+to even. Scales are rounded to fp16 *before* the codes are computed, so
+dequantization reproduces exactly what the codes were chosen against.
+
+Activations (the W4A8 path, DESIGN.md section 3): int8 per (token, group),
+``scale = absmax / 127`` in fp32 and ``q = round_half_even(x / scale)``.
+
+>>> import torch
+>>> spec = QuantSpec(bits=4, group_size=4, symmetric=True)
+>>> w = torch.tensor([[0.7, -0.35, 0.0, 0.1]])
+>>> codes, scales, zeros = quantize_groups(w.reshape(1, 1, 4), spec)
+>>> codes.tolist(), zeros
+([[[15, 4, 8, 9]]], None)
+>>> dequantize_groups(codes, scales, zeros, spec).tolist()
+[[[0.7001953125, -0.4000976...]]]
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+
+from .errors import QuantError
+
+SUPPORTED_BITS = (2, 3, 4, 8)
+FP16_MAX = 65504.0
+
+
+@dataclass(frozen=True)
+class QuantSpec:
+    """How kept weights are quantized: width, group along K (dense coords), symmetry."""
+
+    bits: int = 4
+    group_size: int = 128
+    symmetric: bool = True
+
+    def __post_init__(self) -> None:
+        if self.bits not in SUPPORTED_BITS:
+            raise QuantError(f"bits={self.bits} is not supported; accepted: {', '.join(map(str, SUPPORTED_BITS))}")
+        if not (self.group_size == -1 or self.group_size >= 1):
+            raise QuantError(f"group size {self.group_size} is invalid; accepted: a positive multiple of M, or -1 (one group per row)")
+
+    @property
+    def offset(self) -> int:
+        """The code that means zero in the symmetric encoding."""
+        return 1 << (self.bits - 1)
+
+    @property
+    def max_code(self) -> int:
+        return (1 << self.bits) - 1
+
+
+def quantize_groups(
+    values: torch.Tensor, spec: QuantSpec
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor | None]:
+    """Quantize ``values [rows, groups, per_group]`` (fp32) group by group.
+
+    Returns int32 codes of the same shape, fp16 scales ``[rows, groups]`` and,
+    when asymmetric, int32 zero codes ``[rows, groups]`` (else None).
+    """
+    values = values.float()
+    if spec.symmetric:
+        absmax = values.abs().amax(dim=-1)
+        scales = _to_fp16_scale(absmax / (spec.offset - 1))
+        q = torch.round(values / _safe(scales).unsqueeze(-1))
+        q = q.clamp(-spec.offset, spec.offset - 1)
+        q = torch.where(scales.unsqueeze(-1) == 0, torch.zeros_like(q), q)
+        return (q + spec.offset).to(torch.int32), scales, None
+    lo = values.amin(dim=-1).clamp(max=0.0)
+    hi = values.amax(dim=-1).clamp(min=0.0)
+    scales = _to_fp16_scale((hi - lo) / spec.max_code)
+    safe = _safe(scales)
+    zeros = torch.round(-lo / safe).clamp(0, spec.max_code)
+    q = (torch.round(values / safe.unsqueeze(-1)) + zeros.unsqueeze(-1)).clamp(0, spec.max_code)
+    q = torch.where(scales.unsqueeze(-1) == 0, zeros.unsqueeze(-1).expand_as(q), q)
+    return q.to(torch.int32), scales, zeros.to(torch.int32)
+
+
+def dequantize_groups(
+    codes: torch.Tensor, scales: torch.Tensor, zeros: torch.Tensor | None, spec: QuantSpec
+) -> torch.Tensor:
+    """fp32 values of ``codes [rows, groups, per_group]``."""
+    zero = spec.offset if zeros is None else zeros.unsqueeze(-1)
+    return (codes.to(torch.int32) - zero).float() * scales.float().unsqueeze(-1)
+
+
+def quantize_activations(x: torch.Tensor, group_size: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """Symmetric int8 quantization of ``x [tokens, K]`` per (token, group of K).
+
+    ``K`` must be a multiple of ``group_size``. Returns int8 ``q [tokens, K]``
+    and fp32 ``scales [tokens, K // group_size]``.
+    """
+    tokens, k = x.shape
+    g = x.float().reshape(tokens, k // group_size, group_size)
+    scales = g.abs().amax(dim=-1) / 127.0
+    q = torch.round(g / _safe(scales).unsqueeze(-1)).clamp(-127, 127)
+    q = torch.where(scales.unsqueeze(-1) == 0, torch.zeros_like(q), q)
+    return q.to(torch.int8).reshape(tokens, k), scales
+
+
+def _to_fp16_scale(scale: torch.Tensor) -> torch.Tensor:
+    if scale.numel() and scale.max() > FP16_MAX:
+        raise QuantError(
+            f"a quantization scale of {scale.max().item():.4g} overflows fp16 (max {FP16_MAX}); "
+            "accepted: weights whose group range fits fp16 scales"
+        )
+    return scale.to(torch.float16)
+
+
+def _safe(scales: torch.Tensor) -> torch.Tensor:
+    """Scales as fp32 with zeros replaced by one, so divisions stay finite."""
+    s = scales.float()
+    return torch.where(s == 0, torch.ones_like(s), s)
