@@ -9,7 +9,8 @@ place, so a failed run leaves nothing that loads.
 >>> import nmq, tempfile, torch
 >>> model = nmq.compress_model(nmq.builtin_model(), progress=False)
 >>> out = tempfile.mkdtemp() + "/ckpt"
->>> nmq.save_checkpoint(model, out)
+>>> nmq.save_checkpoint(model, out).name
+'ckpt'
 >>> loaded = nmq.load_model(out)
 >>> ids = torch.tensor([[72, 105]])
 >>> torch.allclose(model(ids).logits, loaded(ids).logits)

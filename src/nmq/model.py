@@ -51,7 +51,7 @@ def set_submodule(model: torch.nn.Module, name: str, module: torch.nn.Module) ->
     setattr(parent, child, module)
 
 
-def load_source(src: str) -> tuple[torch.nn.Module, Path | None]:
+def load_source(src: str, progress: bool = True) -> tuple[torch.nn.Module, Path | None]:
     """A dense model from a built-in name or a Hugging Face model directory.
 
     Returns the model and the directory it came from (None for built-ins).
@@ -69,7 +69,10 @@ def load_source(src: str) -> tuple[torch.nn.Module, Path | None]:
     if not (path / "config.json").is_file():
         raise ModelError(f"{path}: no config.json; accepted: a Hugging Face model directory")
     from transformers import AutoModelForCausalLM
+    from transformers.utils import logging as hf_logging
 
+    if not progress:
+        hf_logging.disable_progress_bar()
     try:
         model = AutoModelForCausalLM.from_pretrained(str(path), local_files_only=True, dtype="auto")
     except Exception as exc:

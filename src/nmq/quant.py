@@ -6,7 +6,8 @@ Symmetric codes mean ``(c - 2**(bits-1)) * scale`` with
 ``(c - zero) * scale`` with ``scale = (max - min) / (2**bits - 1)`` over a range
 that always includes 0, so a zero weight stays exactly zero. Rounding is half
 to even. Scales are rounded to fp16 *before* the codes are computed, so
-dequantization reproduces exactly what the codes were chosen against.
+dequantization reproduces exactly what the codes were chosen against; they are
+rounded up, so no value of a group clamps and every error is at most half a step.
 
 Activations (the W4A8 path, DESIGN.md section 3): int8 per (token, group),
 ``scale = absmax / 127`` in fp32 and ``q = round_half_even(x / scale)``.
@@ -16,9 +17,9 @@ Activations (the W4A8 path, DESIGN.md section 3): int8 per (token, group),
 >>> w = torch.tensor([[0.7, -0.35, 0.0, 0.1]])
 >>> codes, scales, zeros = quantize_groups(w.reshape(1, 1, 4), spec)
 >>> codes.tolist(), zeros
-([[[15, 4, 8, 9]]], None)
+([[[15, 5, 8, 9]]], None)
 >>> dequantize_groups(codes, scales, zeros, spec).tolist()
-[[[0.7001953125, -0.4000976...]]]
+[[[0.70025634765625, -0.30010986328125, 0.0, 0.10003662109375]]]
 """
 
 from __future__ import annotations
@@ -106,12 +107,17 @@ def quantize_activations(x: torch.Tensor, group_size: int) -> tuple[torch.Tensor
 
 
 def _to_fp16_scale(scale: torch.Tensor) -> torch.Tensor:
+    """Round scales *up* to fp16, so the largest magnitude of a group never clamps."""
     if scale.numel() and scale.max() > FP16_MAX:
         raise QuantError(
             f"a quantization scale of {scale.max().item():.4g} overflows fp16 (max {FP16_MAX}); "
             "accepted: weights whose group range fits fp16 scales"
         )
-    return scale.to(torch.float16)
+    s16 = scale.to(torch.float16)
+    low = s16.float() < scale
+    # For positive finite fp16, the next larger value is the next bit pattern.
+    bumped = (s16.view(torch.int16) + 1).view(torch.float16)
+    return torch.where(low, bumped, s16)
 
 
 def _safe(scales: torch.Tensor) -> torch.Tensor:

@@ -61,9 +61,20 @@ def save_file(path: str | Path, compressed: dict[str, NMQTensor], dense: dict[st
         data = data.detach().to("cpu").contiguous()
         tensors[name] = data
         desc["dense"][name] = {"crc32": _crc(data)}
+    _unshare(tensors)
     text = json.dumps(desc, separators=(",", ":"), sort_keys=True)
     with atomic_file(path) as tmp:
         st_save(tensors, str(tmp), metadata={"nmq": text, "nmq_crc32": str(zlib.crc32(text.encode()))})
+
+
+def _unshare(tensors: dict[str, torch.Tensor]) -> None:
+    """Copy tensors that share memory with an earlier one (safetensors refuses shared storage)."""
+    seen: set[int] = set()
+    for name, data in tensors.items():
+        ptr = data.untyped_storage().data_ptr()
+        if ptr in seen and data.numel():
+            tensors[name] = data.clone()
+        seen.add(ptr)
 
 
 def load_file(path: str | Path) -> TensorFile:

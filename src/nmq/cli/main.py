@@ -18,6 +18,7 @@ EXAMPLES = {
         examples:
           nmq compress tiny-llama -o ckpt/tiny-2of4
           nmq compress path/to/hf-llama -o ckpt/llama-4of8 --pattern 4:8 --group-size 64 --asymmetric
+          nmq compress weight.npy -o weight.nmq.safetensors --metadata index
     """,
     "inspect": """
         examples:
@@ -53,8 +54,10 @@ def build_parser() -> argparse.ArgumentParser:
         )
 
     p = add("compress", "Prune and quantize the linear layers of a model and write a checkpoint directory.")
-    p.add_argument("source", metavar="SRC", help="a Hugging Face model directory, or a built-in model: tiny-llama")
-    p.add_argument("-o", "--output", required=True, metavar="DIR", help="checkpoint directory to write")
+    p.add_argument("source", metavar="SRC", help="a Hugging Face model directory, a built-in model (tiny-llama), "
+                   "or a bare weight file (.npy, .safetensors, .pt) of 2-D weights")
+    p.add_argument("-o", "--output", required=True, metavar="OUT",
+                   help="checkpoint directory to write (a .safetensors file for a bare weight file)")
     p.add_argument("--pattern", default="2:4", help="N:M sparsity along K, 1 <= N <= M <= 16; N == M is dense (default 2:4)")
     p.add_argument("--bits", type=int, default=4, help="weight code width: 2, 3, 4 or 8 (default 4)")
     p.add_argument("--group-size", type=int, default=128, help="quantization group along K, a multiple of M, or -1 per row (default 128)")
@@ -87,6 +90,7 @@ def cmd_compress(args: argparse.Namespace) -> int:
     from ..model import compress_model, load_source
     from ..recipe import DEFAULT_IGNORE, Recipe
     from ..summary import format_table, summarize
+    from ..weights import compress_weight_file, is_weight_file
 
     ignore = tuple(args.ignore) + (() if args.compress_lm_head else DEFAULT_IGNORE)
     recipe = Recipe(
@@ -94,10 +98,13 @@ def cmd_compress(args: argparse.Namespace) -> int:
         metadata=args.metadata, method=args.method, targets=args.targets, ignore=ignore,
     )
     check_new_output(args.output, args.overwrite)
-    _say(args, f"loading {args.source}")
-    model, source_dir = load_source(args.source)
-    compress_model(model, recipe, progress=not args.quiet)
-    save_checkpoint(model, args.output, source_dir=source_dir, source=args.source, overwrite=args.overwrite)
+    if is_weight_file(args.source):
+        compress_weight_file(args.source, args.output, recipe, overwrite=args.overwrite)
+    else:
+        _say(args, f"loading {args.source}")
+        model, source_dir = load_source(args.source, progress=not args.quiet)
+        compress_model(model, recipe, progress=not args.quiet)
+        save_checkpoint(model, args.output, source_dir=source_dir, source=args.source, overwrite=args.overwrite)
     summary = summarize(args.output)
     if args.json:
         print(json.dumps(summary, indent=2))

@@ -1,0 +1,29 @@
+# Fresh machine:  make demo  (set up, then run the demo)   |   make test  (set up, then the test suite)
+PYTHON ?= python3
+VENV ?= .venv
+# The CPU build of torch; pinned so pip never pulls the multi-GB CUDA wheels on a CPU machine.
+TORCH_SPEC ?= torch==2.13.0
+PY := $(VENV)/bin/python
+STAMP := $(VENV)/.nmq-installed
+
+.PHONY: setup demo test test-all clean
+
+setup: $(STAMP)
+
+$(STAMP): pyproject.toml
+	$(PYTHON) -m venv $(VENV)
+	$(PY) -m pip install --quiet "$(TORCH_SPEC)"
+	$(PY) -m pip install --quiet -e '.[test]'
+	touch $(STAMP)
+
+demo: setup
+	$(VENV)/bin/nmq demo
+
+test: setup
+	$(PY) -m pytest -q -m "not slow"
+
+test-all: setup
+	$(PY) -m pytest -q
+
+clean:
+	rm -rf $(VENV) build src/*.egg-info

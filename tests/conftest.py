@@ -1,0 +1,19 @@
+import os
+
+import pytest
+import torch
+from hypothesis import HealthCheck, settings
+
+settings.register_profile("ci", max_examples=40, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+settings.register_profile("thorough", max_examples=400, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+settings.load_profile(os.environ.get("NMQ_HYPOTHESIS_PROFILE", "ci"))
+
+# Every (n, m) with m <= 16 is claimed; tests sweep this list.
+ALL_PATTERNS = [(n, m) for m in range(1, 17) for n in range(1, m + 1)]
+
+
+@pytest.fixture
+def rng():
+    """A fresh generator per test, seeded from the test's own name for reproducible failures."""
+    gen = torch.Generator().manual_seed(hash(os.environ.get("PYTEST_CURRENT_TEST", "")) % 2**31)
+    return gen
