@@ -143,7 +143,7 @@ def test_newer_version_checkpoint(capsys, tmp_path, weights):
     one_line_error(*run(capsys, "inspect", str(path)), ["version 7", "upgrade"])
 
 
-@pytest.mark.parametrize("command", ["compress", "inspect", "demo"])
+@pytest.mark.parametrize("command", ["compress", "inspect", "demo", "eval", "bench", "generate"])
 def test_help_has_examples(capsys, command):
     with pytest.raises(SystemExit) as exc:
         main([command, "--help"])
@@ -161,3 +161,55 @@ def test_demo_from_the_entry_point_is_quick_and_passes():
     assert result["check_passed"] and result["logits_rel_err_vs_dequantized"] <= 1e-4
     assert result["storage"]["compressed"]["bits_per_weight"] == 2.875
     assert time.perf_counter() - start < 60
+
+
+def test_calibrated_compress_then_eval(capsys, tmp_path):
+    text = tmp_path / "t.txt"
+    text.write_text("def add(a, b):\n    return a + b\n" * 40)
+    out = tmp_path / "ck"
+    code, _, err = run(capsys, "compress", "tiny-llama", "-o", str(out), "--method", "sparsegpt", "--pattern", "4:8",
+                       "--samples", "4", "--seq-len", "64", "--calibration", str(text), "--quiet")
+    assert code == 0, err
+    code, stdout, _ = run(capsys, "eval", str(out), "--perplexity", str(text), "--window", "128", "--stride", "64", "--json")
+    r = json.loads(stdout)
+    assert code == 0 and r["tokens"] == len(text.read_bytes()) - 1 and 1 < r["perplexity"] < 256
+    code, stdout, _ = run(capsys, "eval", "tiny-llama", "--perplexity", str(text), "--window", "128", "--stride", "64", "--json")
+    dense = json.loads(stdout)["perplexity"]
+    assert dense < r["perplexity"] * 1.5  # a 4:8 model stays in the same range as the dense one
+
+
+def test_bench_accuracy_records(capsys):
+    code, stdout, _ = run(capsys, "bench", "accuracy", "--rows", "dense,int4-rtn,2:4-wanda", "--eval-bytes", "3000",
+                          "--samples", "2", "--seq-len", "64", "--json", "--quiet")
+    assert code == 0
+    records = json.loads(stdout)
+    assert [r["row"] for r in records] == ["dense", "int4-rtn", "2:4-wanda"]
+    for r in records:
+        assert set(r) >= {"row", "perplexity", "recipe", "calibration", "seconds"}
+    assert records[2]["calibration"]["samples"] == 2 and records[0]["calibration"] is None
+    one_line_error(*run(capsys, "bench", "accuracy", "--rows", "nope"), ["nope", "accepted"])
+
+
+def test_calibrated_method_on_a_bare_weight_is_refused(capsys, tmp_path, weights):
+    one_line_error(*run(capsys, "compress", str(weights / "small.npy"), "-o", str(tmp_path / "x.safetensors"),
+                        "--method", "wanda"), ["needs a model"])
+    assert list(tmp_path.iterdir()) == []
+
+
+def test_generate_streams_and_reports_timing(capsys, tmp_path):
+    out = tmp_path / "ck"
+    assert run(capsys, "compress", "tiny-llama", "-o", str(out), "--quiet")[0] == 0
+    code, stdout, _ = run(capsys, "generate", str(out), "--prompt", "def ", "--max-new-tokens", "12",
+                          "--backend", "reference", "--json")
+    r = json.loads(stdout)
+    assert code == 0 and r["new_tokens"] == 12 and r["prefill_ms"] > 0 and r["tokens_per_s"] > 0
+    import nmq
+    import torch
+
+    model = nmq.load_model(out, backend="reference")
+    ids = torch.tensor([list(b"def ")])
+    greedy = model.generate(ids, max_new_tokens=12, do_sample=False)[0, 4:].tolist()
+    assert r["token_ids"] == greedy
+    code, stdout, err = run(capsys, "generate", "tiny-llama", "--prompt", "x = ", "--max-new-tokens", "5")
+    assert code == 0 and stdout.startswith("x = ") and "tokens/s" in err
+    one_line_error(*run(capsys, "generate", str(out), "--backend", "tpu"), ["tpu", "accepted"])

@@ -4,7 +4,7 @@ from hypothesis import given
 from hypothesis import strategies as st
 
 import nmq
-from nmq.errors import FormatError, QuantError, WeightError
+from nmq.errors import FormatError, NMQError, QuantError, WeightError
 from nmq.pattern import Pattern
 from nmq.prune import is_nm_sparse, magnitude_mask
 
@@ -124,7 +124,7 @@ def test_sparse_groups_keep_n_entries_with_zeros():
         (dict(pattern="4:8", group_size=100), QuantError, "not a multiple of M=8"),
         (dict(bits=5), QuantError, "bits=5"),
         (dict(metadata="bitmap"), Exception, "accepted: index, rank"),
-        (dict(method="sorcery"), WeightError, "accepted: magnitude"),
+        (dict(method="sorcery"), NMQError, "accepted: magnitude"),
     ],
 )
 def test_bad_settings(kwargs, error, match):

@@ -5,29 +5,23 @@
 >>> t = nmq.compress_weight(w, pattern="4:8", bits=8, group_size=64, symmetric=False)
 >>> t.shape, t.padded_in, t.groups
 ((64, 300), 320, 5)
+>>> x = torch.randn(512, 300)      # calibration inputs of the layer
+>>> t = nmq.compress_weight(w, pattern="2:4", group_size=64, method="sparsegpt", inputs=x)
 >>> t.to_dense().shape
 torch.Size([64, 300])
 """
 
 from __future__ import annotations
 
-from typing import Callable
-
 import numpy as np
 import torch
 
 from .errors import WeightError
+from .methods import compress_layer, parse_method
+from .obs import hessian
 from .pattern import Pattern, check_encoding
-from .prune import magnitude_mask
 from .quant import QuantSpec
 from .tensor import NMQTensor, check_group, from_mask, padded_k
-
-# Methods that need no calibration data: each maps a padded weight to a keep mask.
-# "rtn" names the same magnitude mask (for dense patterns it only quantizes).
-PRUNERS: dict[str, Callable[[torch.Tensor, Pattern], torch.Tensor]] = {
-    "magnitude": magnitude_mask,
-    "rtn": magnitude_mask,
-}
 
 
 def compress_weight(
@@ -38,23 +32,38 @@ def compress_weight(
     symmetric: bool = True,
     metadata: str = "rank",
     method: str = "magnitude",
+    inputs: torch.Tensor | None = None,
+    damp: float = 0.01,
+    act_order: bool = False,
 ) -> NMQTensor:
     """Prune ``w [out, in]`` to ``pattern`` along ``in`` and quantize what is kept.
 
     ``w`` is a torch tensor or numpy array of floats. ``group_size`` counts
     dense K positions (a multiple of M, or -1 for one group per row).
+    Calibrated methods (wanda, sparsegpt, gptq) take the layer's inputs
+    ``inputs [tokens, in]``; see :mod:`nmq.methods`.
     """
     pat = Pattern.parse(pattern)
     spec = QuantSpec(bits, group_size, symmetric)
     check_group(pat, group_size)
     check_encoding(metadata)
-    if method not in PRUNERS:
-        raise WeightError(f"method {method!r} is unknown; accepted: {', '.join(PRUNERS)}")
+    m = parse_method(method)
     weight = as_weight(w)
     out, k = weight.shape
-    padded = torch.nn.functional.pad(weight, (0, padded_k(k, pat, group_size) - k))
-    keep = PRUNERS[method](padded, pat)
-    return from_mask(padded, keep, pat, spec, metadata, in_features=k)
+    kp = padded_k(k, pat, group_size)
+    h = None
+    if inputs is not None:
+        x = torch.as_tensor(inputs).reshape(-1, inputs.shape[-1]).float()
+        if x.shape[1] != k:
+            raise WeightError(f"calibration inputs have {x.shape[1]} features; the weight {list(weight.shape)} needs {k}")
+        h = hessian(torch.nn.functional.pad(x, (0, kp - k)))
+    return compress_padded(torch.nn.functional.pad(weight, (0, kp - k)), k, pat, spec, metadata, m, h, damp, act_order)
+
+
+def compress_padded(weight, in_features, pattern, spec, metadata, method, h=None, damp=0.01, act_order=False) -> NMQTensor:
+    """compress_weight on an already padded weight ``[out, padded_k]`` (and Hessian)."""
+    r = compress_layer(weight, pattern, spec, method, h, damp=damp, act_order=act_order)
+    return from_mask(r.weight, r.keep, pattern, spec, metadata, in_features, r.scales, r.zeros)
 
 
 def as_weight(w, name: str = "weight") -> torch.Tensor:

@@ -37,6 +37,11 @@ def magnitude_mask(weight: torch.Tensor, pattern: Pattern) -> torch.Tensor:
     return select_nm(weight.abs(), pattern)
 
 
+def wanda_mask(weight: torch.Tensor, hessian_diag: torch.Tensor, pattern: Pattern) -> torch.Tensor:
+    """Wanda: keep the N largest ``|w_ij| * ||x_j||`` per M-group (``||x_j||^2`` is ``H_jj``)."""
+    return select_nm(weight.abs() * hessian_diag.clamp_min(0).sqrt().unsqueeze(0), pattern)
+
+
 def is_nm_sparse(weight: torch.Tensor, pattern: Pattern) -> bool:
     """True when every M-group of ``weight [rows, K]`` has at most N nonzeros."""
     rows, k = weight.shape

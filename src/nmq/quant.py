@@ -66,22 +66,38 @@ def quantize_groups(
     Returns int32 codes of the same shape, fp16 scales ``[rows, groups]`` and,
     when asymmetric, int32 zero codes ``[rows, groups]`` (else None).
     """
+    scales, zeros = group_params(values, spec)
+    return quantize_with(values, scales, zeros, spec), scales, zeros
+
+
+def group_params(values: torch.Tensor, spec: QuantSpec) -> tuple[torch.Tensor, torch.Tensor | None]:
+    """RTN scales (fp16) and zero codes (int32, asymmetric only) of ``values [rows, groups, per_group]``.
+
+    Entries that are exactly zero never change the result (the range always
+    includes 0), so pruned weights may be passed as zeros.
+    """
     values = values.float()
     if spec.symmetric:
-        absmax = values.abs().amax(dim=-1)
-        scales = _to_fp16_scale(absmax / (spec.offset - 1))
-        q = torch.round(values / _safe(scales).unsqueeze(-1))
-        q = q.clamp(-spec.offset, spec.offset - 1)
-        q = torch.where(scales.unsqueeze(-1) == 0, torch.zeros_like(q), q)
-        return (q + spec.offset).to(torch.int32), scales, None
+        return _to_fp16_scale(values.abs().amax(dim=-1) / (spec.offset - 1)), None
     lo = values.amin(dim=-1).clamp(max=0.0)
     hi = values.amax(dim=-1).clamp(min=0.0)
     scales = _to_fp16_scale((hi - lo) / spec.max_code)
-    safe = _safe(scales)
-    zeros = torch.round(-lo / safe).clamp(0, spec.max_code)
-    q = (torch.round(values / safe.unsqueeze(-1)) + zeros.unsqueeze(-1)).clamp(0, spec.max_code)
-    q = torch.where(scales.unsqueeze(-1) == 0, zeros.unsqueeze(-1).expand_as(q), q)
-    return q.to(torch.int32), scales, zeros.to(torch.int32)
+    zeros = torch.round(-lo / _safe(scales)).clamp(0, spec.max_code)
+    return scales, zeros.to(torch.int32)
+
+
+def quantize_with(
+    values: torch.Tensor, scales: torch.Tensor, zeros: torch.Tensor | None, spec: QuantSpec
+) -> torch.Tensor:
+    """int32 codes of ``values [rows, groups, per_group]`` for given scales and zeros ``[rows, groups]``."""
+    s = _safe(scales).unsqueeze(-1)
+    if zeros is None:
+        q = torch.round(values.float() / s).clamp(-spec.offset, spec.offset - 1) + spec.offset
+        zero = torch.full_like(q, spec.offset)
+    else:
+        zero = zeros.unsqueeze(-1).float().expand_as(values)
+        q = (torch.round(values.float() / s) + zero).clamp(0, spec.max_code)
+    return torch.where(scales.unsqueeze(-1) == 0, zero, q).to(torch.int32)
 
 
 def dequantize_groups(

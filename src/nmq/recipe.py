@@ -12,8 +12,8 @@ from __future__ import annotations
 import re
 from dataclasses import asdict, dataclass, field, fields
 
-from .compress import PRUNERS
 from .errors import NMQError, RecipeError
+from .methods import parse_method
 from .pattern import Pattern, check_encoding
 from .quant import QuantSpec
 from .tensor import check_group
@@ -33,6 +33,8 @@ class Recipe:
     symmetric: bool = True
     metadata: str = "rank"
     method: str = "magnitude"
+    damp: float = 0.01
+    act_order: bool = False
     targets: str = r".*"
     ignore: tuple[str, ...] = field(default=DEFAULT_IGNORE)
 
@@ -45,8 +47,9 @@ class Recipe:
             check_encoding(self.metadata)
         except NMQError as exc:
             raise RecipeError(f"recipe: {exc}") from None
-        if self.method not in PRUNERS:
-            raise RecipeError(f"recipe: method {self.method!r} is unknown; accepted: {', '.join(PRUNERS)}")
+        parse_method(self.method)
+        if not 0 < self.damp < 1:
+            raise RecipeError(f"recipe: damp {self.damp} is out of range; accepted: 0 < damp < 1 (default 0.01)")
         object.__setattr__(self, "ignore", tuple(self.ignore))
         for rx in (self.targets, *self.ignore):
             try:
@@ -80,4 +83,10 @@ class Recipe:
             "symmetric": self.symmetric,
             "metadata": self.metadata,
             "method": self.method,
+            "damp": self.damp,
+            "act_order": self.act_order,
         }
+
+    @property
+    def needs_calibration(self) -> bool:
+        return parse_method(self.method).needs_calibration

@@ -34,7 +34,7 @@ import torch
 from . import bitpack
 from .errors import FormatError, QuantError
 from .pattern import Pattern, check_encoding
-from .quant import QuantSpec, dequantize_groups, quantize_groups
+from .quant import QuantSpec, dequantize_groups, group_params, quantize_with
 from .storage import Storage
 
 
@@ -231,13 +231,16 @@ def encode_meta(group_positions: torch.Tensor, pattern: Pattern, encoding: str) 
 
 
 def from_mask(
-    weight: torch.Tensor, keep: torch.Tensor, pattern: Pattern, spec: QuantSpec, metadata: str, in_features: int
+    weight: torch.Tensor, keep: torch.Tensor, pattern: Pattern, spec: QuantSpec, metadata: str, in_features: int,
+    scales: torch.Tensor | None = None, zeros: torch.Tensor | None = None,
 ) -> NMQTensor:
     """Quantize the kept entries of a padded ``weight [out, padded_k]`` and pack them.
 
     ``keep`` is a bool mask of the same shape with exactly N True per M-group;
     ``in_features`` is the logical K before padding. Only kept entries are
-    quantized; everything else is zero by construction.
+    quantized; everything else is zero by construction. ``scales`` (fp16) and
+    ``zeros`` (int32) per group, when given, are used instead of RTN's own, so
+    a method that chose them (GPTQ, SparseGPT) is reproduced exactly.
     """
     check_group(pattern, spec.group_size)
     out, kp = weight.shape
@@ -252,7 +255,10 @@ def from_mask(
     group_pos = order.indices[..., : pattern.n].sort(dim=-1).values
     kept = torch.gather(weight.float().reshape(out, mgroups, pattern.m), 2, group_pos)
     group = kp if spec.group_size == -1 else spec.group_size
-    codes, scales, zeros = quantize_groups(kept.reshape(out, kp // group, -1), spec)
+    grouped_kept = kept.reshape(out, kp // group, -1)
+    if scales is None:
+        scales, zeros = group_params(grouped_kept, spec)
+    codes = quantize_with(grouped_kept, scales, zeros, spec)
     return NMQTensor(
         shape=(out, in_features),
         pattern=pattern,

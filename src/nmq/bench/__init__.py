@@ -1,0 +1,1 @@
+"""Benchmarks: programs that print tables and JSON records, never timed tests (DESIGN.md section 6)."""

@@ -1,0 +1,82 @@
+import copy
+import math
+
+import pytest
+import torch
+
+import nmq
+from nmq.calibrate import (Calibration, _input_groups, calibration_tokens, compress_model_calibrated,
+                           decoder_blocks)
+from nmq.errors import ModelError
+from nmq.evaluate import perplexity
+from nmq.pattern import Pattern
+from nmq.prune import is_nm_sparse
+
+
+@pytest.fixture(scope="module")
+def tokens():
+    return calibration_tokens(Calibration(samples=8, seq_len=64, seed=3))
+
+
+@pytest.fixture(scope="module")
+def dense():
+    return nmq.builtin_model()
+
+
+def test_calibration_tokens_are_seeded_windows_of_text(tmp_path):
+    a = calibration_tokens(Calibration(samples=4, seq_len=32, seed=1))
+    b = calibration_tokens(Calibration(samples=4, seq_len=32, seed=1))
+    c = calibration_tokens(Calibration(samples=4, seq_len=32, seed=2))
+    assert a.shape == (4, 32) and torch.equal(a, b) and not torch.equal(a, c)
+    (tmp_path / "t.txt").write_text("hello calibration " * 20)
+    d = calibration_tokens(Calibration(samples=2, seq_len=16, text=str(tmp_path / "t.txt")))
+    assert bytes(d[0].tolist()).decode() in ("hello calibration " * 21)
+    with pytest.raises(ModelError, match="not found"):
+        calibration_tokens(Calibration(text=str(tmp_path / "missing.txt")))
+
+
+def test_layers_are_grouped_by_shared_input_in_execution_order(dense, tokens):
+    _, blocks = decoder_blocks(dense)
+    names = {n: m for n, m in blocks[0].named_modules() if isinstance(m, torch.nn.Linear)}
+    emb = dense.model.embed_tokens(tokens[:2])
+    pos = dense.model.rotary_emb(emb, torch.arange(64).unsqueeze(0))
+    groups = _input_groups(blocks[0], names, emb, {"position_embeddings": pos, "attention_mask": None})
+    assert groups == [["self_attn.q_proj", "self_attn.k_proj", "self_attn.v_proj"], ["self_attn.o_proj"],
+                      ["mlp.gate_proj", "mlp.up_proj"], ["mlp.down_proj"]]
+
+
+@pytest.mark.parametrize("method,pattern", [("sparsegpt", "2:4"), ("wanda+gptq", "4:8"), ("gptq", "dense")])
+def test_sequential_compression_gives_working_valid_models(dense, tokens, method, pattern, tmp_path):
+    recipe = nmq.Recipe(pattern=pattern, method=method, group_size=128)
+    model = compress_model_calibrated(copy.deepcopy(dense), recipe, tokens, batch=4, progress=False)
+    layers = [m for m in model.modules() if isinstance(m, nmq.NMQLinear)]
+    assert len(layers) == 28
+    assert all(is_nm_sparse(m.nmq_weight.to_dense(), Pattern.parse(pattern)) for m in layers)
+    nmq.save_checkpoint(model, tmp_path / "ck")
+    loaded = nmq.load_model(tmp_path / "ck")
+    with torch.no_grad():
+        assert torch.equal(loaded(tokens[:1]).logits, model(tokens[:1]).logits)
+    again = compress_model_calibrated(copy.deepcopy(dense), recipe, tokens, batch=4, progress=False)
+    assert all(a.nmq_weight.identical(b.nmq_weight) for a, b in
+               zip(layers, [m for m in again.modules() if isinstance(m, nmq.NMQLinear)]))
+
+
+def test_prune_only_keeps_linear_layers(dense, tokens):
+    model = compress_model_calibrated(copy.deepcopy(dense), nmq.Recipe(method="wanda"), tokens, batch=8,
+                                      progress=False, quantize=False)
+    ups = [m for n, m in model.named_modules() if n.endswith("up_proj")]
+    assert all(type(m) is torch.nn.Linear and is_nm_sparse(m.weight, Pattern(2, 4)) for m in ups)
+
+
+def test_perplexity_matches_full_context_scoring(dense):
+    ids = torch.randint(0, 256, (150,), generator=torch.Generator().manual_seed(0))
+    with torch.no_grad():
+        logp = torch.log_softmax(dense(input_ids=ids[None]).logits[0, :-1].float(), -1)
+    nll = -logp.gather(1, ids[1:, None]).mean()
+    r = perplexity(dense, ids, window=150, stride=150)
+    assert r.tokens == 149 and math.isclose(r.perplexity, math.exp(float(nll)), rel_tol=1e-5)
+    strided = perplexity(dense, ids, window=64, stride=16, batch=3)
+    other = perplexity(dense, ids, window=64, stride=16, batch=5)
+    assert strided.tokens == other.tokens == 149 and math.isclose(strided.perplexity, other.perplexity, rel_tol=1e-6)
+    with pytest.raises(ModelError, match="stride"):
+        perplexity(dense, ids, window=10, stride=20)
