@@ -145,7 +145,7 @@ def load_model(ckpt: str | Path, backend: str = "auto", path: str = "w4a16") -> 
     result = model.load_state_dict(dense, strict=False, assign=True)
     if result.unexpected_keys:
         raise FormatError(f"{ckpt}: tensors {result.unexpected_keys[:3]} do not belong to the model")
-    _materialize_buffers(model)
+    materialize_buffers(model)
     missing = [n for n, p in list(model.named_parameters()) + list(model.named_buffers()) if p.is_meta]
     if missing:
         raise FormatError(f"{ckpt}: the checkpoint lacks {missing[:3]}")
@@ -154,7 +154,7 @@ def load_model(ckpt: str | Path, backend: str = "auto", path: str = "w4a16") -> 
     return model.eval()
 
 
-def _materialize_buffers(model: torch.nn.Module) -> None:
+def materialize_buffers(model: torch.nn.Module) -> None:
     """Rebuild modules whose only unloaded state is computed at init (rotary tables)."""
     for name, module in list(model.named_modules()):
         own_meta = [b for b in module.buffers(recurse=False) if b.is_meta]

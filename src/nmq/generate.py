@@ -4,7 +4,8 @@ The model's own ``generate`` runs with its KV cache; compressed layers run
 on the chosen backend. Tokens stream to a callback as they are produced.
 
 >>> import nmq
->>> r = generate_text(nmq.builtin_model(), nmq.text.ByteTokenizer(), "def ", max_new_tokens=4)
+>>> from nmq.text import ByteTokenizer
+>>> r = generate_text(nmq.builtin_model(), ByteTokenizer(), "def ", max_new_tokens=4)
 >>> len(r.token_ids), r.prefill_ms > 0
 (4, True)
 """
@@ -75,11 +76,10 @@ class _Streamer:
 
 
 @torch.no_grad()
-def generate_text(model, tokenizer, prompt: str, max_new_tokens: int = 64, on_text=None,
-                  temperature: float = 0.0, seed: int = 0) -> Generation:
-    """Greedy (or, with ``temperature`` > 0, sampled) continuation of ``prompt``."""
-    ids = torch.tensor([tokenizer.encode(prompt)], dtype=torch.long)
-    streamer = _Streamer(tokenizer, on_text)
+def generate_ids(model, ids: torch.Tensor, max_new_tokens: int = 64, tokenizer=None, on_text=None,
+                 temperature: float = 0.0, seed: int = 0) -> Generation:
+    """Continue token ids ``[1, prompt]`` by exactly ``max_new_tokens``, timing each step."""
+    streamer = _Streamer(tokenizer, on_text if tokenizer is not None else None)
     sample = temperature > 0
     torch.manual_seed(seed)
     start = time.perf_counter()
@@ -88,10 +88,19 @@ def generate_text(model, tokenizer, prompt: str, max_new_tokens: int = 64, on_te
                    streamer=streamer, pad_token_id=0)
     times = [start] + streamer.times
     return Generation(
-        prompt=prompt,
-        text=tokenizer.decode(streamer.ids),
+        prompt="",
+        text=tokenizer.decode(streamer.ids) if tokenizer is not None else "",
         token_ids=streamer.ids,
         prompt_tokens=ids.shape[1],
         prefill_ms=(times[1] - times[0]) * 1000 if len(times) > 1 else float("nan"),
         decode_ms=[(b - a) * 1000 for a, b in zip(times[1:], times[2:])],
     )
+
+
+def generate_text(model, tokenizer, prompt: str, max_new_tokens: int = 64, on_text=None,
+                  temperature: float = 0.0, seed: int = 0) -> Generation:
+    """Greedy (or, with ``temperature`` > 0, sampled) continuation of ``prompt``."""
+    ids = torch.tensor([tokenizer.encode(prompt)], dtype=torch.long)
+    r = generate_ids(model, ids, max_new_tokens, tokenizer, on_text, temperature, seed)
+    r.prompt = prompt
+    return r

@@ -124,6 +124,9 @@ def build_parser() -> argparse.ArgumentParser:
     from ..bench import accuracy
 
     accuracy.add_parser(bench, common)
+    from ..bench import e2e
+
+    e2e.add_parser(bench, common)
     try:
         from ..bench import kernels
     except ImportError:

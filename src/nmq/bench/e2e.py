@@ -1,0 +1,136 @@
+"""``nmq bench e2e``: token-by-token decoding of a whole model, per configuration.
+
+Each configuration runs in a process of its own (``--one``), so peak RSS is
+that configuration's alone. Models are built with random weights directly in
+their final form (:mod:`nmq.synthetic`): compressed configurations never hold
+a dense copy. Timing: a random prompt is prefilled, then ``--new-tokens``
+tokens are decoded one by one with the KV cache; ``ms_per_token`` is the
+median decode step.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import resource
+import subprocess
+import sys
+import time
+
+import torch
+
+CONFIGS = {
+    "torch-bf16": None,
+    "torch-fp32": None,
+    "nmq-dense-int4": "dense",
+    "nmq-2:4-int4": "2:4",
+    "nmq-4:8-int4": "4:8",
+}
+DEFAULT_CONFIGS = ("torch-bf16", "nmq-dense-int4", "nmq-2:4-int4", "nmq-4:8-int4")
+
+
+def run_one(config: str, model_name: str, prompt_tokens: int, new_tokens: int, backend: str, threads: int | None) -> dict:
+    from ..generate import generate_ids
+    from ..recipe import Recipe
+    from ..synthetic import SHAPES, llama_model
+
+    if threads:
+        torch.set_num_threads(threads)
+    start = time.perf_counter()
+    pattern = CONFIGS[config]
+    if pattern is None:
+        dtype = torch.bfloat16 if config == "torch-bf16" else torch.float32
+        model = llama_model(SHAPES[model_name], None, dtype=dtype)
+        used = "torch"
+    else:
+        model = llama_model(SHAPES[model_name], Recipe(pattern=pattern, bits=4, group_size=128), backend=backend)
+        from ..backends import get_backend
+
+        used = get_backend(backend, "cpu", 1).name
+    build_s = time.perf_counter() - start
+    vocab = model.config.vocab_size
+    ids = torch.randint(0, vocab, (1, prompt_tokens), generator=torch.Generator().manual_seed(0))
+    r = generate_ids(model, ids, new_tokens)
+    return {
+        "config": config,
+        "model": model_name,
+        "ms_per_token": r.ms_per_token,
+        "tokens_per_s": r.tokens_per_s,
+        "prefill_ms": r.prefill_ms,
+        "peak_rss_gb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2**20,
+        "backend": used,
+        "prompt_tokens": prompt_tokens,
+        "new_tokens": new_tokens,
+        "decode_ms": r.decode_ms,
+        "threads": torch.get_num_threads(),
+        "build_s": build_s,
+    }
+
+
+def add_parser(subparsers, common: argparse.ArgumentParser) -> argparse.ArgumentParser:
+    p = subparsers.add_parser(
+        "e2e", parents=[common], formatter_class=argparse.RawDescriptionHelpFormatter,
+        help="decode latency, tokens/s and peak memory of whole models, dense vs compressed",
+        description="Decode token by token with random-weight LLaMA-shaped models, one process per configuration.",
+        epilog="examples:\n  nmq bench e2e --model llama-7b --json\n  nmq bench e2e --model tiny --configs nmq-2:4-int4 --backend reference\n",
+    )
+    p.add_argument("--model", default="llama-7b", choices=sorted(_shapes()), help="model shape (default llama-7b)")
+    p.add_argument("--configs", default=",".join(DEFAULT_CONFIGS), help=f"comma-separated: {', '.join(CONFIGS)}")
+    p.add_argument("--prompt-tokens", type=int, default=32, help="prompt length (default 32)")
+    p.add_argument("--new-tokens", type=int, default=16, help="decoded tokens (default 16)")
+    p.add_argument("--backend", default="auto", help="backend of the nmq configurations (default auto)")
+    p.add_argument("--threads", type=int, help="threads (default: all)")
+    p.add_argument("--one", action="store_true", help=argparse.SUPPRESS)
+    p.add_argument("--json", action="store_true", help='print records {"config", "ms_per_token", "tokens_per_s", '
+                   '"prefill_ms", "peak_rss_gb", "backend", ...}')
+    p.set_defaults(func=cmd_e2e)
+    return p
+
+
+def _shapes():
+    from ..synthetic import SHAPES
+
+    return SHAPES
+
+
+def cmd_e2e(args: argparse.Namespace) -> int:
+    from ..errors import NMQError
+
+    configs = [c.strip() for c in args.configs.split(",") if c.strip()]
+    bad = [c for c in configs if c not in CONFIGS]
+    if bad or not configs:
+        raise NMQError(f"--configs: unknown {bad}; accepted: {', '.join(CONFIGS)}")
+    if args.new_tokens < 2 or args.prompt_tokens < 1:
+        raise NMQError("--new-tokens must be >= 2 and --prompt-tokens >= 1")
+    if args.one:
+        print(json.dumps(run_one(configs[0], args.model, args.prompt_tokens, args.new_tokens, args.backend, args.threads)))
+        return 0
+    records = []
+    for config in configs:
+        cmd = [sys.executable, "-m", "nmq", "bench", "e2e", "--one", "--configs", config, "--model", args.model,
+               "--prompt-tokens", str(args.prompt_tokens), "--new-tokens", str(args.new_tokens),
+               "--backend", args.backend, "--quiet"] + (["--threads", str(args.threads)] if args.threads else [])
+        if not args.quiet:
+            print(f"{config}: building {args.model} and decoding {args.new_tokens} tokens ...", file=sys.stderr)
+        proc = subprocess.run(cmd, capture_output=True, text=True)
+        if proc.returncode != 0:
+            raise NMQError(f"configuration {config} failed: {proc.stderr.strip().splitlines()[-1] if proc.stderr.strip() else proc.returncode}")
+        records.append(json.loads(proc.stdout.strip().splitlines()[-1]))
+    if args.json:
+        print(json.dumps(records, indent=2))
+    else:
+        print(format_table(records))
+    return 0
+
+
+def format_table(records: list[dict]) -> str:
+    base = next((r for r in records if r["config"] == "nmq-dense-int4"), None)
+    bf16 = next((r for r in records if r["config"] == "torch-bf16"), None)
+    lines = [f"{'config':<16} {'backend':>9} {'ms/token':>10} {'tokens/s':>9} {'prefill ms':>11} {'peak RSS GB':>12} "
+             f"{'vs dense-int4':>14} {'vs bf16':>8}"]
+    for r in records:
+        vs_int4 = f"{r['tokens_per_s'] / base['tokens_per_s']:.2f}x" if base else "-"
+        vs_bf16 = f"{r['tokens_per_s'] / bf16['tokens_per_s']:.2f}x" if bf16 else "-"
+        lines.append(f"{r['config']:<16} {r['backend']:>9} {r['ms_per_token']:>10.2f} {r['tokens_per_s']:>9.2f} "
+                     f"{r['prefill_ms']:>11.1f} {r['peak_rss_gb']:>12.2f} {vs_int4:>14} {vs_bf16:>8}")
+    return "\n".join(lines)

@@ -1,0 +1,94 @@
+"""Models with random weights built directly in compressed form (for scaling studies).
+
+A LLaMA-7B-shaped model in fp32 needs 27 GB; this builds the skeleton without
+allocating any dense linear weight and gives every linear layer a random but
+valid NMQTensor (random codes, random kept positions, small random scales),
+so a 7B model costs its compressed bytes plus the dense embeddings, norms and
+``lm_head``.
+
+>>> import torch
+>>> model = llama_model(SHAPES["tiny"], Recipe(pattern="2:4", group_size=128), seed=0)
+>>> type(model.model.layers[0].mlp.down_proj).__name__
+'NMQLinear'
+>>> model(torch.tensor([[1, 2, 3]])).logits.shape
+torch.Size([1, 3, 256])
+"""
+
+from __future__ import annotations
+
+import math
+
+import torch
+
+from . import bitpack
+from .linear import NMQLinear
+from .model import set_submodule, target_layers
+from .pattern import Pattern
+from .recipe import Recipe
+from .checkpoint import materialize_buffers
+from .tensor import NMQTensor, encode_meta, padded_k
+
+SHAPES: dict[str, dict] = {
+    "llama-7b": dict(vocab_size=32000, hidden_size=4096, intermediate_size=11008, num_hidden_layers=32,
+                     num_attention_heads=32, num_key_value_heads=32, max_position_embeddings=2048),
+    "tiny": dict(vocab_size=256, hidden_size=256, intermediate_size=768, num_hidden_layers=2,
+                 num_attention_heads=4, num_key_value_heads=4, max_position_embeddings=512),
+}
+
+
+def random_nmq_tensor(out: int, k: int, pattern: Pattern, bits: int, group_size: int, symmetric: bool,
+                      metadata: str, gen: torch.Generator, scale: float = 0.02) -> NMQTensor:
+    """A valid NMQTensor with uniformly random codes and kept positions."""
+    kp = padded_k(k, pattern, group_size)
+    group = kp if group_size == -1 else group_size
+    kept = kp // pattern.m * pattern.n
+    values = torch.randint(0, 256, (out, bitpack.packed_bytes(kept, bits)), generator=gen, dtype=torch.uint8)
+    if kept * bits % 8:
+        values = bitpack.pack(bitpack.unpack(values, bits, kept), bits)  # clear the row's padding bits
+    mgroups = kp // pattern.m
+    per_group, width = pattern.meta_codes_per_group(metadata)
+    if pattern.is_dense:
+        meta = torch.zeros(out, 0, dtype=torch.uint8)
+    else:
+        ranks = torch.randint(0, math.comb(pattern.m, pattern.n), (out, mgroups), generator=gen)
+        pos = pattern.rank_to_positions(ranks)
+        meta = encode_meta(pos, pattern, metadata)
+    # Scales chosen so that dequantized weights have about the given standard deviation.
+    levels = (1 << (bits - 1)) if symmetric else (1 << bits)
+    s = (torch.rand(out, kp // group, generator=gen) * 0.5 + 0.75) * (scale * 1.7 / levels)
+    zeros = None
+    if not symmetric:
+        zeros = bitpack.pack(torch.full((out, kp // group), 1 << (bits - 1), dtype=torch.int32), bits)
+    return NMQTensor((out, k), pattern, bits, group_size, symmetric, metadata, values, meta, s.half(), zeros)
+
+
+def llama_model(shape: dict, recipe: Recipe | None, seed: int = 0, dtype: torch.dtype = torch.float32,
+                backend: str = "auto") -> torch.nn.Module:
+    """A LlamaForCausalLM of the given shape with random weights.
+
+    With ``recipe`` the selected linear layers are random NMQTensors (no dense
+    copy is ever made); without it every weight is dense in ``dtype``.
+    """
+    from transformers import LlamaConfig, LlamaForCausalLM
+
+    config = LlamaConfig(**shape, tie_word_embeddings=False)
+    gen = torch.Generator().manual_seed(seed)
+    with torch.device("meta"):
+        model = LlamaForCausalLM(config)
+    compressed = set(target_layers(model, recipe)) if recipe is not None else set()
+    pattern = Pattern.parse(recipe.pattern) if recipe is not None else None
+    for name, module in list(model.named_modules()):
+        if name in compressed:
+            t = random_nmq_tensor(module.out_features, module.in_features, pattern, recipe.bits, recipe.group_size,
+                                  recipe.symmetric, recipe.metadata, gen)
+            set_submodule(model, name, NMQLinear(t, backend=backend))
+    for name, p in list(model.named_parameters()):
+        if p.is_meta:
+            if name.endswith("norm.weight") or ".norm" in name or "layernorm" in name:
+                value = torch.ones(p.shape, dtype=dtype)
+            else:
+                value = (torch.randn(p.shape, generator=gen, dtype=torch.float32) * 0.02).to(dtype)
+            parent, _, leaf = name.rpartition(".")
+            setattr(model.get_submodule(parent), leaf, torch.nn.Parameter(value, requires_grad=False))
+    materialize_buffers(model)
+    return model.eval()
