@@ -39,6 +39,11 @@ EXAMPLES = {
           nmq generate tiny-llama --prompt "import os"
           nmq generate ckpt/tiny-2of4 --prompt "def main():" --max-new-tokens 64 --backend reference --json
     """,
+    "report": """
+        examples:
+          nmq report
+          nmq report --results benchmarks/results --out report/
+    """,
     "bench": """
         examples:
           nmq bench accuracy --json
@@ -133,6 +138,13 @@ def build_parser() -> argparse.ArgumentParser:
         kernels = None
     if kernels is not None:
         kernels.add_parser(bench, common)
+
+    p = add("report", "Gather the benchmark results present into one HTML page with plots, and a markdown summary.")
+    p.add_argument("--results", default="benchmarks/results", metavar="DIR",
+                   help="directory of --json results: kernels.json, accuracy.json, e2e.json, hw-explore.json")
+    p.add_argument("--out", default="report", metavar="DIR", help="where report.html and report.md go (default report/)")
+    p.add_argument("--json", action="store_true", help="print what was included and what is missing as JSON")
+    p.set_defaults(func=cmd_report)
 
     p = add("demo", "Compress the built-in model 2:4 + INT4, show storage, check logits, generate text.")
     p.add_argument("--out", metavar="DIR", help="keep the checkpoint in DIR (replaced if it exists)")
@@ -265,6 +277,18 @@ def cmd_generate(args: argparse.Namespace) -> int:
     else:
         print(f"\n\nprefill {r.prefill_ms:.1f} ms ({r.prompt_tokens} tokens), decode {r.ms_per_token:.2f} ms/token "
               f"(median of {len(r.decode_ms)}), {r.tokens_per_s:.1f} tokens/s", file=sys.stderr)
+    return 0
+
+
+def cmd_report(args: argparse.Namespace) -> int:
+    from ..report import build_report
+
+    r = build_report(args.results, args.out)
+    if args.json:
+        print(json.dumps(r, indent=2))
+    else:
+        print(f"wrote {r['html']} and {r['markdown']}: sections {', '.join(r['sections'])}"
+              + (f"; missing results for {', '.join(r['missing'])}" if r["missing"] else ""))
     return 0
 
 
