@@ -42,7 +42,7 @@ def run_demo(out_dir: str | Path | None = None, new_tokens: int = 40, progress: 
         ckpt = Path(out_dir) if out_dir else Path(tmp) / "tiny-llama-2of4-int4"
         save_checkpoint(compressed, ckpt, source=DEFAULT_MODEL, overwrite=out_dir is not None)
         storage = summarize(ckpt)
-        loaded = load_model(ckpt, backend="reference")
+        loaded = load_model(ckpt, backend="auto")
 
         ids = encode_text("class Stack:\n    def push(self, item):\n        self.items.append(item)\n" * 2)
         with torch.no_grad():

@@ -14,6 +14,7 @@ import torch
 from ..errors import BackendError
 from ..tensor import NMQTensor
 from .base import NUMERIC_PATHS, Backend, check_path
+from .cpu import CpuBackend
 from .reference import ReferenceBackend
 
 KNOWN_BACKENDS = ("reference", "cpu", "triton", "cusparselt")
@@ -66,5 +67,6 @@ def matmul(x: torch.Tensor, t: NMQTensor, backend: str = "auto", path: str = "w4
 
 
 register(ReferenceBackend())
+register(CpuBackend())
 
 __all__ = ["Backend", "KNOWN_BACKENDS", "NUMERIC_PATHS", "available", "get_backend", "matmul", "register"]

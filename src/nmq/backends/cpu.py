@@ -1,0 +1,342 @@
+"""The ``cpu`` backend: C++ kernels (``nmq._nmq_cpu``) with runtime ISA dispatch.
+
+Two weight layouts, both built once by :meth:`CpuBackend.prepack`:
+
+* the *fast* layout, for 4-bit codes with pattern 2:4, 4:8, 1:4 or dense
+  (N == M) and a group length that is a multiple of 8 (or one group per row):
+  rows in blocks of 16, K in steps of 8, one accumulator lane per row; beside
+  the packed codes, 2-bit positions (2:4: the kernels gather the activations
+  each kept weight meets), keep masks (4:8: the kernels scatter the codes
+  with one vpexpandb) or 2-bit positions turned into masks (1:4);
+* the *generic* layout, for every other weight (any N:M with M <= 16, 2/3/8-bit
+  codes, odd group lengths): the canonical NMQTensor bytes, decoded row by row.
+
+Neither keeps a dense copy. ``NMQ_CPU_ISA=avx512|avx2|portable`` forces the
+instruction set (:func:`set_isa` does the same at run time); ``NMQ_THREADS`` or
+:func:`set_threads` sets the thread count (default: the CPUs this process may
+run on).
+
+>>> import torch, nmq
+>>> from nmq.backends import get_backend
+>>> t = nmq.compress_weight(torch.randn(32, 256), pattern="2:4", group_size=128)
+>>> cpu = get_backend("cpu")
+>>> x = torch.randn(3, 256)
+>>> y = cpu.matmul(x, cpu.prepack(t), "w4a8")
+>>> bool(torch.equal(y, nmq.matmul(x, t, backend="reference", path="w4a8")))
+True
+"""
+
+from __future__ import annotations
+
+import math
+import os
+from dataclasses import dataclass
+
+import torch
+
+from ..errors import BackendError
+from ..pattern import _unrank_table
+from ..tensor import NMQTensor
+from .base import Backend, check_path
+
+ISA_ENV = "NMQ_CPU_ISA"
+THREADS_ENV = "NMQ_THREADS"
+INT32_MAX = 2**31 - 1
+
+try:  # the extension is optional at import time: the backend reports why it cannot run
+    from .. import _nmq_cpu as _ext
+
+    _IMPORT_ERROR: str | None = None
+except ImportError as exc:  # pragma: no cover - depends on the build
+    _ext = None
+    _IMPORT_ERROR = f"the C++ extension nmq._nmq_cpu is not built or failed to load ({exc}); reinstall with 'pip install .'"
+
+KIND_24, KIND_48, KIND_14, KIND_DENSE = 1, 2, 3, 4
+ROWS, PAIR_K = 16, 8
+_GEOMETRY = {KIND_24: (32, 16), KIND_48: (32, 16), KIND_14: (16, 8), KIND_DENSE: (64, 0)}
+_ISA_APPLIED: str | None = None
+
+
+def isa_levels() -> list[str]:
+    """ISA levels this CPU and build can run, best first."""
+    _require()
+    return list(_ext.isa_levels())
+
+
+def set_isa(level: str) -> None:
+    """Force the instruction set the kernels use: ``avx512``, ``avx2`` or ``portable``."""
+    _require()
+    try:
+        _ext.set_isa(level)
+    except ValueError as exc:
+        raise BackendError(str(exc)) from None
+
+
+def get_isa() -> str:
+    _require()
+    _apply_env()
+    return _ext.get_isa()
+
+
+def set_threads(n: int) -> None:
+    """Threads the kernels use, the calling thread included."""
+    _require()
+    if not isinstance(n, int) or n < 1:
+        raise BackendError(f"thread count {n!r} is invalid; accepted: a positive integer")
+    _ext.set_threads(n)
+
+
+def get_threads() -> int:
+    _require()
+    return _ext.get_threads()
+
+
+def _require() -> None:
+    if _ext is None:
+        raise BackendError(f"backend 'cpu' is not available here: {_IMPORT_ERROR}")
+
+
+def _apply_env() -> None:
+    """Apply NMQ_CPU_ISA whenever it changed since last looked at."""
+    global _ISA_APPLIED
+    want = os.environ.get(ISA_ENV, "")
+    if want == (_ISA_APPLIED or ""):
+        return
+    if want:
+        set_isa(want)
+    else:
+        _ext.set_isa(_ext.isa_levels()[0])
+    _ISA_APPLIED = want
+
+
+@dataclass(eq=False)
+class CpuPacked:
+    """A weight in the cpu backend's own layout (fast or generic)."""
+
+    shape: tuple[int, int]
+    groups: int
+    fast: bool
+    params: list[int]
+    buffers: tuple[torch.Tensor, ...]
+    max_abs_weight: int
+    group: int
+
+    @property
+    def out_features(self) -> int:
+        return self.shape[0]
+
+    @property
+    def in_features(self) -> int:
+        return self.shape[1]
+
+    @property
+    def nbytes(self) -> int:
+        """Bytes held by the layout (the rank table is shared per pattern and not counted)."""
+        bufs = self.buffers[:4]
+        return sum(b.numel() * b.element_size() for b in bufs)
+
+
+class CpuBackend(Backend):
+    name = "cpu"
+    device = "cpu"
+
+    def unavailable_reason(self) -> str | None:
+        if _ext is None:
+            return _IMPORT_ERROR
+        want = os.environ.get(ISA_ENV)
+        if want and want not in _ext.isa_levels():
+            return f"{ISA_ENV}={want} is not available on this CPU; available: {', '.join(_ext.isa_levels())}"
+        return None
+
+    def prepack(self, t: NMQTensor) -> CpuPacked:
+        _require()
+        if isinstance(t, CpuPacked):
+            return t
+        t.validate()
+        kind = fast_kind(t)
+        return _pack_fast(t, kind) if kind else _pack_generic(t)
+
+    def matmul(self, x: torch.Tensor, packed: CpuPacked, path: str = "w4a16") -> torch.Tensor:
+        return _run(x, packed, path, partials=False)[0]
+
+
+def partial_sums(x: torch.Tensor, packed: CpuPacked | NMQTensor) -> torch.Tensor:
+    """The kernel's exact W4A8 partial sums, int32 ``[tokens, out, groups]``.
+
+    Comparable bit for bit with :func:`nmq.backends.reference.partial_sums`.
+    """
+    if isinstance(packed, NMQTensor):
+        packed = CpuBackend().prepack(packed)
+    return _run(x, packed, "w4a8", partials=True)[1]
+
+
+def fast_kind(t: NMQTensor) -> int:
+    """The fast layout a weight gets, 0 when it runs on the generic one."""
+    n, m = t.pattern.n, t.pattern.m
+    if t.bits != 4 or (t.group_size != -1 and t.group_size % PAIR_K):
+        return 0
+    if (n, m) == (2, 4):
+        return KIND_24
+    if (n, m) == (4, 8):
+        return KIND_48
+    if (n, m) == (1, 4):
+        return KIND_14
+    if n == m:
+        return KIND_DENSE
+    return 0
+
+
+def _max_abs_weight(t: NMQTensor) -> int:
+    return (1 << t.bits) - 1 if not t.symmetric else 1 << (t.bits - 1)
+
+
+def _pack_fast(t: NMQTensor, kind: int) -> CpuPacked:
+    out, n, m = t.out_features, t.pattern.n, t.pattern.m
+    kk = -(-t.padded_in // PAIR_K) * PAIR_K
+    group = kk if t.group_size == -1 else t.group
+    groups = kk // group
+    blocks = -(-out // ROWS)
+    outp = blocks * ROWS
+    pairs = kk // PAIR_K
+    steps = group // PAIR_K
+    vbytes, mbytes = _GEOMETRY[kind]
+
+    codes = t.codes().to(torch.uint8)  # [out, kept]
+    if kind == KIND_24:
+        # Every row's 4 kept codes of a pair-step in ascending K (the canonical
+        # order), and one byte of four 2-bit in-group positions; padding rows and
+        # K keep positions 0 and 1 with code 0 (against zero activations).
+        code = torch.zeros(outp, kk // 2, dtype=torch.uint8)
+        pos = torch.zeros(outp, kk // 4, 2, dtype=torch.uint8)
+        pos[..., 1] = 1
+        code[:out, : t.kept_per_row] = codes
+        pos[:out, : t.padded_in // 4] = t.group_positions().to(torch.uint8)
+        code = code.reshape(blocks, ROWS, pairs, 4).permute(0, 2, 1, 3).reshape(blocks * pairs, 64)
+        vals = code[:, :32] | (code[:, 32:] << 4)
+        pos = pos.reshape(blocks, ROWS, pairs, 4).permute(0, 2, 1, 3).to(torch.int32)
+        meta = (pos << (2 * torch.arange(4, dtype=torch.int32))).sum(-1).to(torch.uint8).reshape(blocks * pairs, 16)
+    elif kind == KIND_48:
+        # Keep mask and codes at dense positions; padding rows keep the first N
+        # of each M-group (with code 0) so every pair-step holds exactly 64 codes.
+        keep = (torch.arange(kk) % m < n).expand(outp, kk).clone()
+        dense = torch.zeros(outp, kk, dtype=torch.uint8)
+        pos = t.positions()
+        real = torch.zeros(out, kk, dtype=torch.bool)
+        real.scatter_(1, pos, True)
+        keep[:out, : t.padded_in] = real[:, : t.padded_in]
+        dense[:out].scatter_(1, pos, codes)
+        # [blocks, 16, pairs, 2, 4] -> [blocks, pairs, 2, 16, 4]: pair-steps of two 16x4 domains.
+        keep = keep.reshape(blocks, ROWS, pairs, 2, 4).permute(0, 2, 3, 1, 4).reshape(blocks * pairs, 128)
+        dense = dense.reshape(blocks, ROWS, pairs, 2, 4).permute(0, 2, 3, 1, 4).reshape(blocks * pairs, 128)
+        kept = dense[keep].reshape(blocks * pairs, 64)
+        vals = kept[:, :32] | (kept[:, 32:] << 4)
+        bits = keep.reshape(blocks * pairs, 16, 8).to(torch.int32) << torch.arange(8, dtype=torch.int32)
+        meta = bits.sum(-1).to(torch.uint8)
+    elif kind == KIND_14:
+        idx = torch.zeros(outp, kk // 4, dtype=torch.uint8)
+        code = torch.zeros(outp, kk // 4, dtype=torch.uint8)
+        idx[:out, : t.padded_in // 4] = t.group_positions()[..., 0].to(torch.uint8)
+        code[:out, : t.padded_in // 4] = codes
+        idx = idx.reshape(blocks, ROWS, pairs, 2).permute(0, 2, 3, 1).reshape(blocks * pairs, 2, ROWS)
+        code = code.reshape(blocks, ROWS, pairs, 2).permute(0, 2, 3, 1).reshape(blocks * pairs, 32)
+        vals = code[:, :16] | (code[:, 16:] << 4)
+        # Two bits per row, four rows per byte, little end first.
+        quad = idx.reshape(blocks * pairs, 2, 4, 4).to(torch.int32) << (2 * torch.arange(4, dtype=torch.int32))
+        meta = quad.sum(-1).to(torch.uint8).reshape(blocks * pairs, 8)
+    else:
+        dense = torch.zeros(outp, kk, dtype=torch.uint8)
+        dense[:out, : t.padded_in] = codes.reshape(out, t.padded_in)
+        dense = dense.reshape(blocks, ROWS, pairs, 2, 4).permute(0, 2, 3, 1, 4).reshape(blocks * pairs, 2, 64)
+        vals = dense[:, 0] | (dense[:, 1] << 4)
+        meta = torch.zeros(0, dtype=torch.uint8)
+
+    scales = torch.zeros(outp, groups, dtype=torch.float16)
+    scales[:out] = t.scales
+    scales = scales.reshape(blocks, ROWS, groups).permute(0, 2, 1).contiguous()
+    if t.symmetric:
+        zeros = torch.zeros(0, dtype=torch.uint8)
+    else:
+        z = torch.full((outp, groups), 8, dtype=torch.uint8)
+        z[:out] = t.zero_codes().to(torch.uint8)
+        z = z.reshape(blocks, ROWS, groups).permute(0, 2, 1)
+        zeros = (z[..., :8] | (z[..., 8:] << 4)).contiguous()
+    params = [kind, out, blocks, kk, group, groups, steps, vbytes, mbytes, int(t.symmetric), t.in_features]
+    bufs = (vals.contiguous().reshape(-1), meta.contiguous().reshape(-1), scales.reshape(-1).view(torch.int16),
+            zeros.reshape(-1))
+    return CpuPacked(tuple(t.shape), groups, True, params, bufs, _max_abs_weight(t), group)
+
+
+def _pack_generic(t: NMQTensor) -> CpuPacked:
+    p = t.pattern
+    if p.is_dense:
+        meta_kind, width = 0, 0
+        table = torch.zeros(0, dtype=torch.uint8)
+    elif t.metadata == "index":
+        meta_kind, width = 1, p.index_bits
+        table = torch.zeros(0, dtype=torch.uint8)
+    else:
+        meta_kind, width = 2, p.rank_bits
+        table = _rank_table(p.n, p.m)
+    zeros = t.zeros.contiguous() if t.zeros is not None else torch.zeros(0, dtype=torch.uint8)
+    params = [t.out_features, t.in_features, t.padded_in, p.n, p.m, t.bits, t.group, t.groups, meta_kind, width,
+              int(t.symmetric)]
+    bufs = (t.values.contiguous(), t.meta.contiguous(), t.scales.contiguous().view(torch.int16), zeros, table)
+    return CpuPacked(tuple(t.shape), t.groups, False, params, bufs, _max_abs_weight(t), t.group)
+
+
+_TABLES: dict[tuple[int, int], torch.Tensor] = {}
+
+
+def _rank_table(n: int, m: int) -> torch.Tensor:
+    key = (n, m)
+    if key not in _TABLES:
+        _TABLES[key] = _unrank_table(n, m).to(torch.uint8).contiguous()
+    return _TABLES[key]
+
+
+def _check_x(x: torch.Tensor, packed: CpuPacked) -> torch.Tensor:
+    k = packed.in_features
+    if not isinstance(x, torch.Tensor):
+        raise BackendError(f"activations are a {type(x).__name__}; accepted: a torch tensor [tokens, {k}]")
+    if x.dim() != 2:
+        raise BackendError(f"activations have shape {list(x.shape)}; accepted: [tokens, {k}]")
+    if x.shape[1] != k:
+        raise BackendError(f"activations have {x.shape[1]} features; the weight {list(packed.shape)} expects {k}")
+    if not x.is_floating_point():
+        raise BackendError(f"activations have dtype {x.dtype}; accepted: float32, float16 or bfloat16")
+    if x.device.type != "cpu":
+        raise BackendError(f"activations are on {x.device}; the cpu backend takes CPU tensors")
+    return x
+
+
+def _run(x: torch.Tensor, packed: CpuPacked, path: str, partials: bool) -> tuple[torch.Tensor, torch.Tensor | None]:
+    _require()
+    check_path(path)
+    if not isinstance(packed, CpuPacked):
+        raise BackendError(f"the cpu backend got a {type(packed).__name__}; pass what CpuBackend.prepack returned")
+    x = _check_x(x, packed)
+    _apply_env()
+    w4a8 = path == "w4a8"
+    if w4a8 and packed.group * packed.max_abs_weight * 127 > INT32_MAX:
+        raise BackendError(
+            f"a W4A8 partial sum of weight {list(packed.shape)} could overflow int32 (group of {packed.group}); "
+            "use a smaller group size")
+    bf16 = x.dtype == torch.bfloat16
+    if bf16:
+        xa = x.contiguous().view(torch.int16)
+    else:
+        xa = x.to(torch.float32).contiguous()
+    tokens, out = x.shape[0], packed.out_features
+    y = torch.empty(tokens, out, dtype=torch.float32)
+    p = torch.empty(tokens, out, packed.groups, dtype=torch.int32) if partials else torch.zeros(0, dtype=torch.int32)
+    if packed.fast:
+        vals, meta, scales, zeros = packed.buffers
+        _ext.fast_matmul(xa, bf16, vals, meta, scales, zeros, packed.params, w4a8, y, p)
+    else:
+        values, meta, scales, zeros, table = packed.buffers
+        _ext.generic_matmul(xa, bf16, values, meta, scales, zeros, table, packed.params, w4a8, y, p)
+    return y, (p if partials else None)
+
+
+__all__ = ["CpuBackend", "CpuPacked", "fast_kind", "get_isa", "get_threads", "isa_levels", "partial_sums",
+           "set_isa", "set_threads"]

@@ -1,0 +1,509 @@
+// The AVX-512 level (F, BW, VL, VNNI, VBMI, VBMI2).
+//
+// Fast layout kernels keep one int32 (W4A8) or fp32 (W4A16) lane per weight
+// row, so no horizontal sums are needed. 2:4 gathers activations (see
+// w4a8_tile24). For 4:8, 1:4 and dense, a pair-step's 4-bit codes are
+// unpacked with one variable shift, scattered to their K positions with
+// vpexpandb under the keep mask (merge-masked, so dropped positions hold the
+// row's zero code), and
+//  * W4A8: vpdpbusd against the token's 4 int8 activations broadcast to all
+//    rows; sum((code - z) * q) = sum(code * q) - z * sum(q), the last sum
+//    taken once per (token, group) when the activations are quantized;
+//  * W4A16: each code is moved into byte 2 of an fp32 lane whose other bytes
+//    come from 0x43000000, which is exactly the float 128 + code, then
+//    FMA with the broadcast activation; 128 + z times the group's activation
+//    sum is subtracted at the end of the group.
+#define NMQ_NS avx512
+#include "kernels_impl.h"
+
+#if defined(NMQ_X86)
+#include <immintrin.h>
+
+#define NMQ_INLINE inline __attribute__((always_inline))
+
+namespace nmq {
+namespace avx512 {
+
+template <int KIND>
+struct Geometry;
+template <>
+struct Geometry<KIND_48> {
+  static constexpr int VB = 32, MB = 16;
+};
+template <>
+struct Geometry<KIND_14> {
+  static constexpr int VB = 16, MB = 8;
+};
+template <>
+struct Geometry<KIND_DENSE> {
+  static constexpr int VB = 64, MB = 0;
+};
+
+static NMQ_INLINE uint64_t load64(const uint8_t* p) {
+  uint64_t v;
+  std::memcpy(&v, p, 8);
+  return v;
+}
+static NMQ_INLINE uint32_t load32(const void* p) {
+  uint32_t v;
+  std::memcpy(&v, p, 4);
+  return v;
+}
+
+// acc += w (u8) . the 4 int8 at p, broadcast to every lane. GCC does not fold
+// the broadcast into vpdpbusd by itself; a separate vpbroadcastd costs a uop.
+static NMQ_INLINE __m512i dpbusd_bcast(__m512i acc, __m512i w, const int8_t* p) {
+  __asm__("vpdpbusd %2%{1to16%}, %1, %0" : "+v"(acc) : "v"(w), "m"(*reinterpret_cast<const int32_t*>(p)));
+  return acc;
+}
+
+// 32 bytes -> 64 codes: byte b holds code b (low nibble) and code b + 32.
+static NMQ_INLINE __m512i unpack64(const uint8_t* v) {
+  __m512i b = _mm512_broadcast_i64x4(_mm256_loadu_si256(reinterpret_cast<const __m256i*>(v)));
+  b = _mm512_srlv_epi64(b, _mm512_set_epi64(4, 4, 4, 4, 0, 0, 0, 0));
+  return _mm512_and_si512(b, _mm512_set1_epi8(0x0F));
+}
+
+// 16 bytes -> 32 codes.
+static NMQ_INLINE __m256i unpack32(const uint8_t* v) {
+  __m256i b = _mm256_broadcastsi128_si256(_mm_loadu_si128(reinterpret_cast<const __m128i*>(v)));
+  b = _mm256_srlv_epi64(b, _mm256_set_epi64x(4, 4, 0, 0));
+  return _mm256_and_si256(b, _mm256_set1_epi8(0x0F));
+}
+
+// Keep masks of a 1:4 pair-step from its two sets of 16 two-bit positions:
+// every byte (row r, K j) of a domain picks its row's position with
+// vpmultishiftqb and compares it with j.
+static NMQ_INLINE void masks14(const uint8_t* m, __mmask64& ka, __mmask64& kb) {
+  alignas(64) static const struct Tables {
+    uint8_t ctl_a[64], ctl_b[64], pos[64];
+    Tables() {
+      for (int p = 0; p < 64; ++p) {
+        ctl_a[p] = uint8_t(2 * (p >> 2));
+        ctl_b[p] = uint8_t(32 + 2 * (p >> 2));
+        pos[p] = uint8_t(p & 3);
+      }
+    }
+  } tab;
+  const __m512i ix = _mm512_set1_epi64(int64_t(load64(m)));
+  const __m512i three = _mm512_set1_epi8(3);
+  const __m512i pos = _mm512_load_si512(tab.pos);
+  ka = _mm512_cmpeq_epi8_mask(_mm512_and_si512(_mm512_multishift_epi64_epi8(_mm512_load_si512(tab.ctl_a), ix), three), pos);
+  kb = _mm512_cmpeq_epi8_mask(_mm512_and_si512(_mm512_multishift_epi64_epi8(_mm512_load_si512(tab.ctl_b), ix), three), pos);
+}
+
+template <int KIND>
+static NMQ_INLINE void decode(const uint8_t* v, const uint8_t* m, __m512i zf, __m512i& A, __m512i& B) {
+  if constexpr (KIND == KIND_48) {
+    __m512i c = unpack64(v);
+    uint64_t ma = load64(m);
+    A = _mm512_mask_expand_epi8(zf, ma, c);
+    // B's codes start after A's, wherever that is.
+    __m512i idx = _mm512_add_epi8(
+        _mm512_set_epi8(63, 62, 61, 60, 59, 58, 57, 56, 55, 54, 53, 52, 51, 50, 49, 48, 47, 46, 45, 44, 43, 42, 41,
+                        40, 39, 38, 37, 36, 35, 34, 33, 32, 31, 30, 29, 28, 27, 26, 25, 24, 23, 22, 21, 20, 19, 18,
+                        17, 16, 15, 14, 13, 12, 11, 10, 9, 8, 7, 6, 5, 4, 3, 2, 1, 0),
+        _mm512_set1_epi8(char(_mm_popcnt_u64(ma))));
+    B = _mm512_mask_expand_epi8(zf, load64(m + 8), _mm512_permutexvar_epi8(idx, c));
+  } else if constexpr (KIND == KIND_14) {
+    __m256i c = unpack32(v);
+    __mmask64 ka, kb;
+    masks14(m, ka, kb);
+    A = _mm512_mask_expand_epi8(zf, ka, _mm512_castsi256_si512(c));
+    B = _mm512_mask_expand_epi8(zf, kb, _mm512_castsi128_si512(_mm256_extracti128_si256(c, 1)));
+  } else {
+    __m512i b = _mm512_loadu_si512(v);
+    A = _mm512_and_si512(b, _mm512_set1_epi8(0x0F));
+    B = _mm512_and_si512(_mm512_srli_epi16(b, 4), _mm512_set1_epi8(0x0F));
+  }
+}
+
+static NMQ_INLINE void zero_vectors(const FastLayout& L, size_t blk, __m512i& zd, __m512i& zf) {
+  if (L.symmetric) {
+    zd = _mm512_set1_epi32(8);
+    zf = _mm512_set1_epi8(8);
+    return;
+  }
+  __m128i b = _mm_loadl_epi64(reinterpret_cast<const __m128i*>(L.zeros + blk * 8));
+  __m128i lo = _mm_and_si128(b, _mm_set1_epi8(15));
+  __m128i hi = _mm_and_si128(_mm_srli_epi16(b, 4), _mm_set1_epi8(15));
+  zd = _mm512_cvtepu8_epi32(_mm_unpacklo_epi64(lo, hi));
+  zf = _mm512_mullo_epi32(zd, _mm512_set1_epi32(0x01010101));
+}
+
+static NMQ_INLINE __mmask16 row_mask(const FastLayout& L, int b) {
+  int rows = std::min(ROWS, L.out - b * ROWS);
+  return rows >= 16 ? __mmask16(0xFFFF) : __mmask16((1u << rows) - 1u);
+}
+
+template <int KIND, int TT>
+static void w4a8_tile(const FastLayout& L, const Act8& a, int b, int t0, float* y, int32_t* P) {
+  constexpr int VB = Geometry<KIND>::VB, MB = Geometry<KIND>::MB;
+  // One token has too few independent dot products to hide vpdpbusd latency.
+  constexpr int NC = TT == 1 ? 4 : 2;
+  const int G = L.groups, S = L.steps;
+  const int8_t* qb[TT];
+  __m512 yv[TT];
+#pragma GCC unroll 8
+  for (int t = 0; t < TT; ++t) {
+    qb[t] = a.q + size_t(t0 + t) * a.kk;
+    yv[t] = _mm512_setzero_ps();
+  }
+  for (int g = 0; g < G; ++g) {
+    const size_t blk = size_t(b) * G + g;
+    const uint8_t* v = L.vals + blk * S * VB;
+    const uint8_t* m = L.meta + blk * S * MB;
+    __m512i zd, zf;
+    zero_vectors(L, blk, zd, zf);
+    __m512i acc[TT][NC];
+#pragma GCC unroll 8
+    for (int t = 0; t < TT; ++t)
+#pragma GCC unroll 4
+      for (int c = 0; c < NC; ++c) acc[t][c] = _mm512_setzero_si512();
+    const int k0 = g * L.group;
+    auto step = [&](int s, auto cc) __attribute__((always_inline)) {
+      constexpr int c = decltype(cc)::value;
+      __m512i A, B;
+      decode<KIND>(v + size_t(s) * VB, m + size_t(s) * MB, zf, A, B);
+      const int k = k0 + s * 8;
+#pragma GCC unroll 8
+      for (int t = 0; t < TT; ++t) {
+        acc[t][c] = dpbusd_bcast(acc[t][c], A, qb[t] + k);
+        acc[t][c + 1] = dpbusd_bcast(acc[t][c + 1], B, qb[t] + k + 4);
+      }
+    };
+    int s = 0;
+    if constexpr (NC == 4) {
+      for (; s + 1 < S; s += 2) {
+        _mm_prefetch(reinterpret_cast<const char*>(v + size_t(s) * VB + 1024), _MM_HINT_T0);
+        step(s, std::integral_constant<int, 0>{});
+        step(s + 1, std::integral_constant<int, 2>{});
+      }
+    }
+    for (; s < S; ++s) step(s, std::integral_constant<int, 0>{});
+    const __m512 sw = _mm512_cvtph_ps(_mm256_loadu_si256(reinterpret_cast<const __m256i*>(L.scales + blk * ROWS)));
+#pragma GCC unroll 8
+    for (int t = 0; t < TT; ++t) {
+      __m512i p = _mm512_add_epi32(acc[t][0], acc[t][1]);
+      if constexpr (NC == 4) p = _mm512_add_epi32(p, _mm512_add_epi32(acc[t][2], acc[t][3]));
+      const size_t tg = size_t(t0 + t) * G + g;
+      p = _mm512_sub_epi32(p, _mm512_mullo_epi32(zd, _mm512_set1_epi32(a.qsum[tg])));
+      if (P) {
+        alignas(64) int32_t tmp[16];
+        _mm512_store_si512(tmp, p);
+        const int rows = std::min(ROWS, L.out - b * ROWS);
+        for (int r = 0; r < rows; ++r) P[(size_t(t0 + t) * L.out + size_t(b) * ROWS + r) * G + g] = tmp[r];
+      }
+      // Same fp32 operations, in the same order, as the reference.
+      __m512 f = _mm512_mul_ps(_mm512_mul_ps(sw, _mm512_set1_ps(a.scale[tg])), _mm512_cvtepi32_ps(p));
+      yv[t] = _mm512_add_ps(yv[t], f);
+    }
+  }
+  const __mmask16 rm = row_mask(L, b);
+#pragma GCC unroll 8
+  for (int t = 0; t < TT; ++t) _mm512_mask_storeu_ps(y + size_t(t0 + t) * L.out + size_t(b) * ROWS, rm, yv[t]);
+}
+
+template <int KIND, int TT>
+static void w4a16_tile(const FastLayout& L, const ActF& a, int b, int t0, float* y) {
+  constexpr int VB = Geometry<KIND>::VB, MB = Geometry<KIND>::MB;
+  constexpr int NC = TT == 1 ? 8 : 2;
+  const __m512i c43 = _mm512_set1_epi32(0x43000000);
+  const __m512i byte2 = _mm512_set1_epi32(0x00FF0000);
+  const int G = L.groups, S = L.steps;
+  const float* xb[TT];
+  __m512 yv[TT];
+#pragma GCC unroll 8
+  for (int t = 0; t < TT; ++t) {
+    xb[t] = a.x + size_t(t0 + t) * a.kk;
+    yv[t] = _mm512_setzero_ps();
+  }
+  for (int g = 0; g < G; ++g) {
+    const size_t blk = size_t(b) * G + g;
+    const uint8_t* v = L.vals + blk * S * VB;
+    const uint8_t* m = L.meta + blk * S * MB;
+    __m512i zd, zf;
+    zero_vectors(L, blk, zd, zf);
+    __m512 acc[TT][NC];
+#pragma GCC unroll 8
+    for (int t = 0; t < TT; ++t)
+#pragma GCC unroll 8
+      for (int c = 0; c < NC; ++c) acc[t][c] = _mm512_setzero_ps();
+    const int k0 = g * L.group;
+    for (int s = 0; s < S; ++s) {
+      __m512i W[2];
+      decode<KIND>(v + size_t(s) * VB, m + size_t(s) * MB, zf, W[0], W[1]);
+      const int k = k0 + s * 8;
+#pragma GCC unroll 2
+      for (int h = 0; h < 2; ++h) {
+        // Shifts and one ternary-logic op per code move byte j of every row's
+        // dword to byte 2 under 0x43: plain ALU work, where byte shuffles would
+        // queue behind vpexpandb on the shuffle unit.
+        const __m512i Wh = W[h];
+        __m512 w0 = _mm512_castsi512_ps(_mm512_ternarylogic_epi32(_mm512_slli_epi32(Wh, 16), byte2, c43, 0xEA));
+        __m512 w1 = _mm512_castsi512_ps(_mm512_ternarylogic_epi32(_mm512_slli_epi32(Wh, 8), byte2, c43, 0xEA));
+        __m512 w2 = _mm512_castsi512_ps(_mm512_ternarylogic_epi32(Wh, byte2, c43, 0xEA));
+        __m512 w3 = _mm512_castsi512_ps(_mm512_ternarylogic_epi32(_mm512_srli_epi32(Wh, 8), byte2, c43, 0xEA));
+#pragma GCC unroll 8
+        for (int t = 0; t < TT; ++t) {
+          const float* x = xb[t] + k + 4 * h;
+          if constexpr (NC == 8) {
+            acc[t][4 * h + 0] = _mm512_fmadd_ps(w0, _mm512_set1_ps(x[0]), acc[t][4 * h + 0]);
+            acc[t][4 * h + 1] = _mm512_fmadd_ps(w1, _mm512_set1_ps(x[1]), acc[t][4 * h + 1]);
+            acc[t][4 * h + 2] = _mm512_fmadd_ps(w2, _mm512_set1_ps(x[2]), acc[t][4 * h + 2]);
+            acc[t][4 * h + 3] = _mm512_fmadd_ps(w3, _mm512_set1_ps(x[3]), acc[t][4 * h + 3]);
+          } else {
+            __m512 u = _mm512_fmadd_ps(w0, _mm512_set1_ps(x[0]), acc[t][h]);
+            __m512 u2 = _mm512_mul_ps(w1, _mm512_set1_ps(x[1]));
+            u2 = _mm512_fmadd_ps(w2, _mm512_set1_ps(x[2]), u2);
+            u2 = _mm512_fmadd_ps(w3, _mm512_set1_ps(x[3]), u2);
+            acc[t][h] = _mm512_add_ps(u, u2);
+          }
+        }
+      }
+    }
+    const __m512 sw = _mm512_cvtph_ps(_mm256_loadu_si256(reinterpret_cast<const __m256i*>(L.scales + blk * ROWS)));
+    const __m512 zoff = _mm512_cvtepi32_ps(_mm512_add_epi32(zd, _mm512_set1_epi32(128)));
+#pragma GCC unroll 8
+    for (int t = 0; t < TT; ++t) {
+      __m512 r = acc[t][0];
+#pragma GCC unroll 8
+      for (int c = 1; c < NC; ++c) r = _mm512_add_ps(r, acc[t][c]);
+      r = _mm512_sub_ps(r, _mm512_mul_ps(zoff, _mm512_set1_ps(a.xsum[size_t(t0 + t) * G + g])));
+      yv[t] = _mm512_add_ps(yv[t], _mm512_mul_ps(sw, r));
+    }
+  }
+  const __mmask16 rm = row_mask(L, b);
+#pragma GCC unroll 8
+  for (int t = 0; t < TT; ++t) _mm512_mask_storeu_ps(y + size_t(t0 + t) * L.out + size_t(b) * ROWS, rm, yv[t]);
+}
+
+// 2:4 gathers activations: each row keeps 4 of the pair-step's 8 K, so one
+// vpshufb per token fetches the 4 activations its codes meet, and the dot
+// products skip the dropped weights. The weights are centered first (code -
+// zero, signed) and the activations shifted to unsigned (q + 128), so
+//   sum((q + 128) * w) - 128 * sum(w) = sum(q * w),
+// with sum(w) a per-row dot product with ones that serves every token.
+static NMQ_INLINE __m512i gather_index24(const uint8_t* m) {
+  const __m512i mi = _mm512_cvtepu8_epi32(_mm_loadu_si128(reinterpret_cast<const __m128i*>(m)));
+  // byte j of row r's dword <- bits 2j..2j+1 of the row's metadata byte
+  const __m512i sel = _mm512_multishift_epi64_epi8(_mm512_set1_epi64(0x2624222006040200ll), mi);
+  // (sel & 3) | (4 for the second 4-group)
+  return _mm512_ternarylogic_epi32(sel, _mm512_set1_epi8(3), _mm512_set1_epi32(0x04040000), 0xEA);
+}
+
+static NMQ_INLINE __m512i qword_bcast(const uint8_t* p) { return _mm512_set1_epi64(int64_t(load64(p))); }
+
+template <int TT>
+static void w4a8_tile24(const FastLayout& L, const Act8& a, int b, int t0, float* y, int32_t* P) {
+  constexpr int VB = 32, MB = 16;
+  constexpr int NC = TT == 1 ? 2 : 1;
+  const int G = L.groups, S = L.steps;
+  const __m512i ones = _mm512_set1_epi8(1);
+  const uint8_t* qb[TT];
+  __m512 yv[TT];
+#pragma GCC unroll 8
+  for (int t = 0; t < TT; ++t) {
+    qb[t] = a.qu + size_t(t0 + t) * a.kk;
+    yv[t] = _mm512_setzero_ps();
+  }
+  for (int g = 0; g < G; ++g) {
+    const size_t blk = size_t(b) * G + g;
+    const uint8_t* v = L.vals + blk * S * VB;
+    const uint8_t* m = L.meta + blk * S * MB;
+    __m512i zd, zf;
+    zero_vectors(L, blk, zd, zf);
+    __m512i acc[TT][NC], accw[NC];
+#pragma GCC unroll 2
+    for (int c = 0; c < NC; ++c) {
+      accw[c] = _mm512_setzero_si512();
+#pragma GCC unroll 8
+      for (int t = 0; t < TT; ++t) acc[t][c] = _mm512_setzero_si512();
+    }
+    const int k0 = g * L.group;
+    auto step = [&](int s, auto cc) __attribute__((always_inline)) {
+      constexpr int c = decltype(cc)::value;
+      const __m512i w = _mm512_sub_epi8(unpack64(v + size_t(s) * VB), zf);
+      const __m512i idx = gather_index24(m + size_t(s) * MB);
+      accw[c] = _mm512_dpbusd_epi32(accw[c], ones, w);
+      const int k = k0 + s * 8;
+#pragma GCC unroll 8
+      for (int t = 0; t < TT; ++t)
+        acc[t][c] = _mm512_dpbusd_epi32(acc[t][c], _mm512_shuffle_epi8(qword_bcast(qb[t] + k), idx), w);
+    };
+    int s = 0;
+    if constexpr (NC == 2) {
+      for (; s + 1 < S; s += 2) {
+        _mm_prefetch(reinterpret_cast<const char*>(v + size_t(s) * VB + 1024), _MM_HINT_T0);
+        step(s, std::integral_constant<int, 0>{});
+        step(s + 1, std::integral_constant<int, 1>{});
+      }
+    }
+    for (; s < S; ++s) step(s, std::integral_constant<int, 0>{});
+    __m512i wsum = accw[0];
+    if constexpr (NC == 2) wsum = _mm512_add_epi32(wsum, accw[1]);
+    const __m512i corr = _mm512_slli_epi32(wsum, 7);
+    const __m512 sw = _mm512_cvtph_ps(_mm256_loadu_si256(reinterpret_cast<const __m256i*>(L.scales + blk * ROWS)));
+#pragma GCC unroll 8
+    for (int t = 0; t < TT; ++t) {
+      __m512i p = acc[t][0];
+      if constexpr (NC == 2) p = _mm512_add_epi32(p, acc[t][1]);
+      p = _mm512_sub_epi32(p, corr);
+      const size_t tg = size_t(t0 + t) * G + g;
+      if (P) {
+        alignas(64) int32_t tmp[16];
+        _mm512_store_si512(tmp, p);
+        const int rows = std::min(ROWS, L.out - b * ROWS);
+        for (int r = 0; r < rows; ++r) P[(size_t(t0 + t) * L.out + size_t(b) * ROWS + r) * G + g] = tmp[r];
+      }
+      __m512 f = _mm512_mul_ps(_mm512_mul_ps(sw, _mm512_set1_ps(a.scale[tg])), _mm512_cvtepi32_ps(p));
+      yv[t] = _mm512_add_ps(yv[t], f);
+    }
+  }
+  const __mmask16 rm = row_mask(L, b);
+#pragma GCC unroll 8
+  for (int t = 0; t < TT; ++t) _mm512_mask_storeu_ps(y + size_t(t0 + t) * L.out + size_t(b) * ROWS, rm, yv[t]);
+}
+
+// W4A16 on the 2:4 gather layout: code j of every row becomes the float
+// 128 + code (shift, then one ternary-logic op under 0x43000000), minus
+// 128 + zero gives code - zero exactly, and vpermps fetches the activation
+// each row's code j meets.
+template <int TT>
+static void w4a16_tile24(const FastLayout& L, const ActF& a, int b, int t0, float* y) {
+  constexpr int VB = 32, MB = 16;
+  constexpr int NC = TT == 1 ? 4 : 1;
+  const int G = L.groups, S = L.steps;
+  const __m512i c43 = _mm512_set1_epi32(0x43000000);
+  const __m512i byte2 = _mm512_set1_epi32(0x00FF0000);
+  const float* xb[TT];
+  __m512 yv[TT];
+#pragma GCC unroll 8
+  for (int t = 0; t < TT; ++t) {
+    xb[t] = a.x + size_t(t0 + t) * a.kk;
+    yv[t] = _mm512_setzero_ps();
+  }
+  for (int g = 0; g < G; ++g) {
+    const size_t blk = size_t(b) * G + g;
+    const uint8_t* v = L.vals + blk * S * VB;
+    const uint8_t* m = L.meta + blk * S * MB;
+    __m512i zd, zf;
+    zero_vectors(L, blk, zd, zf);
+    const __m512 zoff = _mm512_cvtepi32_ps(_mm512_add_epi32(zd, _mm512_set1_epi32(128)));
+    __m512 acc[TT][NC];
+#pragma GCC unroll 8
+    for (int t = 0; t < TT; ++t)
+#pragma GCC unroll 4
+      for (int c = 0; c < NC; ++c) acc[t][c] = _mm512_setzero_ps();
+    const int k0 = g * L.group;
+    for (int s = 0; s < S; ++s) {
+      const __m512i codes = unpack64(v + size_t(s) * VB);
+      const __m512i idx = gather_index24(m + size_t(s) * MB);
+      const __m512i cj[4] = {_mm512_slli_epi32(codes, 16), _mm512_slli_epi32(codes, 8), codes,
+                             _mm512_srli_epi32(codes, 8)};
+      const __m512i ij[4] = {idx, _mm512_srli_epi32(idx, 8), _mm512_srli_epi32(idx, 16), _mm512_srli_epi32(idx, 24)};
+      const int k = k0 + s * 8;
+      __m512 xv[TT];
+#pragma GCC unroll 8
+      for (int t = 0; t < TT; ++t) xv[t] = _mm512_castps256_ps512(_mm256_loadu_ps(xb[t] + k));
+#pragma GCC unroll 4
+      for (int j = 0; j < 4; ++j) {
+        const __m512 wj = _mm512_sub_ps(
+            _mm512_castsi512_ps(_mm512_ternarylogic_epi32(cj[j], byte2, c43, 0xEA)), zoff);
+#pragma GCC unroll 8
+        for (int t = 0; t < TT; ++t) {
+          const int c = NC == 4 ? j : 0;
+          acc[t][c] = _mm512_fmadd_ps(wj, _mm512_permutexvar_ps(ij[j], xv[t]), acc[t][c]);
+        }
+      }
+    }
+    const __m512 sw = _mm512_cvtph_ps(_mm256_loadu_si256(reinterpret_cast<const __m256i*>(L.scales + blk * ROWS)));
+#pragma GCC unroll 8
+    for (int t = 0; t < TT; ++t) {
+      __m512 r = acc[t][0];
+#pragma GCC unroll 4
+      for (int c = 1; c < NC; ++c) r = _mm512_add_ps(r, acc[t][c]);
+      yv[t] = _mm512_add_ps(yv[t], _mm512_mul_ps(sw, r));
+    }
+  }
+  const __mmask16 rm = row_mask(L, b);
+#pragma GCC unroll 8
+  for (int t = 0; t < TT; ++t) _mm512_mask_storeu_ps(y + size_t(t0 + t) * L.out + size_t(b) * ROWS, rm, yv[t]);
+}
+
+template <int KIND>
+static void w4a8_kind(const FastLayout& L, const Act8& a, int b0, int b1, float* y, int32_t* P) {
+  const int T = a.tokens;
+  if constexpr (KIND == KIND_24) {
+    for (int b = b0; b < b1; ++b) {
+      int t = 0;
+      for (; t + 8 <= T; t += 8) w4a8_tile24<8>(L, a, b, t, y, P);
+      if (T - t >= 4) w4a8_tile24<4>(L, a, b, t, y, P), t += 4;
+      if (T - t >= 2) w4a8_tile24<2>(L, a, b, t, y, P), t += 2;
+      if (T - t >= 1) w4a8_tile24<1>(L, a, b, t, y, P);
+    }
+  } else {
+    for (int b = b0; b < b1; ++b) {
+      int t = 0;
+      for (; t + 8 <= T; t += 8) w4a8_tile<KIND, 8>(L, a, b, t, y, P);
+      if (T - t >= 4) w4a8_tile<KIND, 4>(L, a, b, t, y, P), t += 4;
+      if (T - t >= 2) w4a8_tile<KIND, 2>(L, a, b, t, y, P), t += 2;
+      if (T - t >= 1) w4a8_tile<KIND, 1>(L, a, b, t, y, P);
+    }
+  }
+}
+
+template <int KIND>
+static void w4a16_kind(const FastLayout& L, const ActF& a, int b0, int b1, float* y) {
+  const int T = a.tokens;
+  if constexpr (KIND == KIND_24) {
+    for (int b = b0; b < b1; ++b) {
+      int t = 0;
+      for (; t + 8 <= T; t += 8) w4a16_tile24<8>(L, a, b, t, y);
+      if (T - t >= 4) w4a16_tile24<4>(L, a, b, t, y), t += 4;
+      if (T - t >= 2) w4a16_tile24<2>(L, a, b, t, y), t += 2;
+      if (T - t >= 1) w4a16_tile24<1>(L, a, b, t, y);
+    }
+  } else {
+    for (int b = b0; b < b1; ++b) {
+      int t = 0;
+      for (; t + 8 <= T; t += 8) w4a16_tile<KIND, 8>(L, a, b, t, y);
+      if (T - t >= 4) w4a16_tile<KIND, 4>(L, a, b, t, y), t += 4;
+      if (T - t >= 2) w4a16_tile<KIND, 2>(L, a, b, t, y), t += 2;
+      if (T - t >= 1) w4a16_tile<KIND, 1>(L, a, b, t, y);
+    }
+  }
+}
+
+static void fast_w4a8_simd(const FastLayout& L, const Act8& a, int b0, int b1, float* y, int32_t* P) {
+  switch (L.kind) {
+    case KIND_24: return w4a8_kind<KIND_24>(L, a, b0, b1, y, P);
+    case KIND_48: return w4a8_kind<KIND_48>(L, a, b0, b1, y, P);
+    case KIND_14: return w4a8_kind<KIND_14>(L, a, b0, b1, y, P);
+    default: return w4a8_kind<KIND_DENSE>(L, a, b0, b1, y, P);
+  }
+}
+
+static void fast_w4a16_simd(const FastLayout& L, const ActF& a, int b0, int b1, float* y) {
+  switch (L.kind) {
+    case KIND_24: return w4a16_kind<KIND_24>(L, a, b0, b1, y);
+    case KIND_48: return w4a16_kind<KIND_48>(L, a, b0, b1, y);
+    case KIND_14: return w4a16_kind<KIND_14>(L, a, b0, b1, y);
+    default: return w4a16_kind<KIND_DENSE>(L, a, b0, b1, y);
+  }
+}
+
+}  // namespace avx512
+
+const Ops* ops_avx512() {
+  static const Ops ops = {"avx512", avx512::quantize, avx512::group_sums, avx512::fast_w4a8_simd,
+                          avx512::fast_w4a16_simd, avx512::generic_w4a8, avx512::generic_w4a16};
+  return &ops;
+}
+}  // namespace nmq
+
+#else
+namespace nmq {
+const Ops* ops_avx512() { return nullptr; }
+}  // namespace nmq
+#endif

@@ -1,0 +1,407 @@
+// nmq._nmq_cpu: runtime ISA dispatch, a small persistent thread pool, and the
+// Python entry points. Buffers arrive through DLPack/the buffer protocol
+// (numpy arrays or torch CPU tensors); nothing here links against libtorch.
+#include <nanobind/nanobind.h>
+#include <nanobind/ndarray.h>
+#include <nanobind/stl/string.h>
+#include <nanobind/stl/vector.h>
+
+#include <algorithm>
+#include <atomic>
+#include <condition_variable>
+#include <cstdlib>
+#include <cstring>
+#include <functional>
+#include <mutex>
+#include <stdexcept>
+#include <string>
+#include <thread>
+#include <vector>
+
+#if defined(__x86_64__) || defined(_M_X64)
+#include <cpuid.h>
+#include <immintrin.h>
+#endif
+#if defined(__linux__)
+#include <sched.h>
+#endif
+
+#include "kernels.h"
+
+namespace nb = nanobind;
+using namespace nmq;
+
+namespace {
+
+// --- ISA detection -------------------------------------------------------------
+
+struct Cpu {
+  bool avx2 = false, avx512 = false;
+};
+
+Cpu detect() {
+  Cpu c;
+#if defined(__x86_64__) || defined(_M_X64)
+  unsigned a, b, cc, d;
+  if (!__get_cpuid(1, &a, &b, &cc, &d)) return c;
+  const bool osxsave = cc & (1u << 27), fma = cc & (1u << 12), f16c = cc & (1u << 29), popcnt = cc & (1u << 23);
+  if (!osxsave) return c;
+  unsigned lo, hi;
+  __asm__ volatile("xgetbv" : "=a"(lo), "=d"(hi) : "c"(0));
+  const bool ymm_os = (lo & 0x6) == 0x6, zmm_os = (lo & 0xE6) == 0xE6;
+  if (!__get_cpuid_count(7, 0, &a, &b, &cc, &d)) return c;
+  const bool avx2 = b & (1u << 5), bmi2 = b & (1u << 8);
+  const bool f = b & (1u << 16), dq = b & (1u << 17), bw = b & (1u << 30), vl = b & (1u << 31);
+  const bool vbmi = cc & (1u << 1), vbmi2 = cc & (1u << 6), vnni = cc & (1u << 11);
+  c.avx2 = ymm_os && avx2 && fma && f16c && bmi2 && popcnt;
+  c.avx512 = c.avx2 && zmm_os && f && dq && bw && vl && vbmi && vbmi2 && vnni;
+#endif
+  return c;
+}
+
+std::vector<std::string> levels() {
+  Cpu c = detect();
+  std::vector<std::string> out;
+  if (c.avx512 && ops_avx512()) out.push_back("avx512");
+  if (c.avx2 && ops_avx2()) out.push_back("avx2");
+  out.push_back("portable");
+  return out;
+}
+
+const Ops* ops_for(const std::string& name) {
+  if (name == "avx512") return ops_avx512();
+  if (name == "avx2") return ops_avx2();
+  if (name == "portable") return ops_portable();
+  return nullptr;
+}
+
+std::mutex g_isa_mu;
+const Ops* g_ops = nullptr;
+
+const Ops* current_ops() {
+  std::lock_guard<std::mutex> lock(g_isa_mu);
+  if (!g_ops) g_ops = ops_for(levels().front());
+  return g_ops;
+}
+
+void set_isa(const std::string& name) {
+  auto ok = levels();
+  if (std::find(ok.begin(), ok.end(), name) == ok.end()) {
+    std::string acc;
+    for (auto& s : ok) acc += (acc.empty() ? "" : ", ") + s;
+    throw std::invalid_argument("ISA level '" + name + "' is not available on this CPU; available: " + acc);
+  }
+  std::lock_guard<std::mutex> lock(g_isa_mu);
+  g_ops = ops_for(name);
+}
+
+// --- thread pool -----------------------------------------------------------------
+
+int default_threads() {
+#if defined(__linux__)
+  cpu_set_t set;
+  if (sched_getaffinity(0, sizeof(set), &set) == 0) return std::max(1, CPU_COUNT(&set));
+#endif
+  return std::max(1u, std::thread::hardware_concurrency());
+}
+
+inline void cpu_relax() {
+#if defined(__x86_64__) || defined(_M_X64)
+  _mm_pause();
+#endif
+}
+
+// Workers spin briefly after each job (back-to-back layers then start without a
+// futex wake-up) and sleep otherwise, so idle nmq threads do not compete with
+// PyTorch's own pool. Work is handed out in chunks from a shared counter: on a
+// machine shared with other processes a descheduled worker delays nothing but
+// the chunk it holds, and one that wakes late finds no work and leaves.
+class Pool {
+ public:
+  ~Pool() { resize(1); }
+
+  int size() {
+    std::lock_guard<std::mutex> lock(run_mu_);
+    return int(workers_.size()) + 1;
+  }
+
+  void resize(int n) {
+    std::lock_guard<std::mutex> lock(run_mu_);
+    n = std::max(1, n);
+    if (int(workers_.size()) + 1 == n) return;
+    {
+      std::lock_guard<std::mutex> l(mu_);
+      stop_ = true;
+      gen_.fetch_add(1);
+    }
+    cv_.notify_all();
+    for (auto& w : workers_) w.join();
+    workers_.clear();
+    stop_ = false;
+    const uint64_t g0 = gen_.load();
+    for (int i = 1; i < n; ++i) workers_.emplace_back([this, g0] { loop(g0); });
+  }
+
+  // fn(lo, hi) over [0, n) in chunks of `chunk`, on all threads.
+  void run(int n, int chunk, const std::function<void(int, int)>& fn) {
+    std::lock_guard<std::mutex> lock(run_mu_);
+    chunk = std::max(1, chunk);
+    if (workers_.empty() || n <= chunk) {
+      if (n > 0) fn(0, n);
+      return;
+    }
+    job_ = &fn;
+    n_ = n;
+    chunk_ = chunk;
+    next_.store(0);
+    closed_.store(false);
+    {
+      std::lock_guard<std::mutex> l(mu_);
+      gen_.fetch_add(1);
+    }
+    cv_.notify_all();
+    work();
+    closed_.store(true);
+    while (active_.load() != 0) cpu_relax();
+    job_ = nullptr;
+  }
+
+ private:
+  void work() {
+    for (;;) {
+      int lo = next_.fetch_add(chunk_);
+      if (lo >= n_) return;
+      (*job_)(lo, std::min(n_, lo + chunk_));
+    }
+  }
+
+  void loop(uint64_t seen) {
+    for (;;) {
+      for (int i = 0; i < 4000 && gen_.load() == seen; ++i) cpu_relax();
+      if (gen_.load() == seen) {
+        std::unique_lock<std::mutex> l(mu_);
+        cv_.wait(l, [&] { return gen_.load() != seen; });
+      }
+      seen = gen_.load();
+      if (stop_) return;
+      active_.fetch_add(1);
+      if (!closed_.load()) work();
+      active_.fetch_sub(1);
+    }
+  }
+
+  std::mutex run_mu_, mu_;
+  std::condition_variable cv_;
+  std::vector<std::thread> workers_;
+  std::atomic<uint64_t> gen_{0};
+  std::atomic<int> next_{0}, active_{0};
+  std::atomic<bool> closed_{true};
+  const std::function<void(int, int)>* job_ = nullptr;
+  int n_ = 0, chunk_ = 1;
+  bool stop_ = false;
+};
+
+Pool& pool() {
+  static Pool* p = [] {
+    auto* q = new Pool();
+    int n = default_threads();
+    if (const char* env = std::getenv("NMQ_THREADS")) {
+      int v = std::atoi(env);
+      if (v > 0) n = v;
+    }
+    q->resize(n);
+    return q;
+  }();
+  return *p;
+}
+
+// Chunks small enough to balance threads that the OS shares with others.
+inline int chunk_for(int n) { return std::max(1, n / (8 * pool().size())); }
+
+// --- buffers -----------------------------------------------------------------------
+
+using Array = nb::ndarray<nb::device::cpu, nb::c_contig>;
+
+template <typename T>
+T* data_of(const Array& a, const char* what) {
+  if (a.dtype() != nb::dtype<T>()) throw std::invalid_argument(std::string(what) + ": unexpected dtype");
+  return static_cast<T*>(a.data());
+}
+
+template <typename T>
+T* data_or_null(const Array& a, const char* what) {
+  return a.size() == 0 ? nullptr : data_of<T>(a, what);
+}
+
+// x [tokens][k] (fp32, or bf16 bits) -> fp32 [tokens][kk], zero padded.
+std::vector<float> padded_input(const Array& x, bool bf16, int tokens, int k, int kk) {
+  if (x.ndim() != 2 || int(x.shape(0)) != tokens || int(x.shape(1)) != k)
+    throw std::invalid_argument("activations: unexpected shape");
+  std::vector<float> out(size_t(tokens) * kk, 0.f);
+  if (bf16) {
+    const uint16_t* src = reinterpret_cast<const uint16_t*>(data_of<int16_t>(x, "activations"));
+    for (int t = 0; t < tokens; ++t)
+      for (int i = 0; i < k; ++i) {
+        uint32_t bits = uint32_t(src[size_t(t) * k + i]) << 16;
+        std::memcpy(&out[size_t(t) * kk + i], &bits, 4);
+      }
+  } else {
+    const float* src = data_of<float>(x, "activations");
+    for (int t = 0; t < tokens; ++t) std::memcpy(&out[size_t(t) * kk], src + size_t(t) * k, sizeof(float) * k);
+  }
+  return out;
+}
+
+struct Prepared {
+  std::vector<float> x;
+  std::vector<int8_t> q;
+  std::vector<uint8_t> qu;
+  std::vector<float> scale, xsum;
+  std::vector<int32_t> qsum;
+  Act8 a8;
+  ActF af;
+};
+
+void prepare(const Ops* ops, Prepared& p, const Array& x, bool bf16, int tokens, int k, int kk, int group, int groups,
+             bool w4a8) {
+  p.x = padded_input(x, bf16, tokens, k, kk);
+  if (w4a8) {
+    p.q.assign(size_t(tokens) * kk, 0);
+    p.scale.assign(size_t(tokens) * groups, 0.f);
+    p.qsum.assign(size_t(tokens) * groups, 0);
+    p.a8 = Act8{tokens, kk, groups, group, p.q.data(), p.scale.data(), p.qsum.data()};
+    const float* xs = p.x.data();
+    const Act8& a = p.a8;
+    pool().run(tokens, tokens >= 8 ? chunk_for(tokens) : tokens,
+               [&](int lo, int hi) { ops->quantize(xs, lo, hi, a); });
+    p.qu.resize(p.q.size());
+    for (size_t i = 0; i < p.q.size(); ++i) p.qu[i] = uint8_t(p.q[i]) ^ 0x80u;
+    p.a8.qu = p.qu.data();
+  } else {
+    p.xsum.assign(size_t(tokens) * groups, 0.f);
+    p.af = ActF{tokens, kk, groups, group, p.x.data(), p.xsum.data()};
+    ops->group_sums(p.x.data(), 0, tokens, p.af);
+  }
+}
+
+void check_out(const Array& y, int tokens, int out) {
+  if (y.ndim() != 2 || int(y.shape(0)) != tokens || int(y.shape(1)) != out)
+    throw std::invalid_argument("output: unexpected shape");
+  data_of<float>(y, "output");
+}
+
+int32_t* partials_out(const Array& P, int tokens, int out, int groups) {
+  if (P.size() == 0) return nullptr;
+  if (P.ndim() != 3 || int(P.shape(0)) != tokens || int(P.shape(1)) != out || int(P.shape(2)) != groups)
+    throw std::invalid_argument("partial sums: unexpected shape");
+  return data_of<int32_t>(P, "partial sums");
+}
+
+// params: kind, out, blocks, kk, group, groups, steps, vbytes, mbytes, symmetric, k
+void fast_matmul(const Array& x, bool bf16, const Array& vals, const Array& meta, const Array& scales,
+                 const Array& zeros, const std::vector<int64_t>& prm, bool w4a8, const Array& y, const Array& P) {
+  if (prm.size() != 11) throw std::invalid_argument("fast layout: expected 11 parameters");
+  FastLayout L;
+  L.kind = int(prm[0]);
+  L.out = int(prm[1]);
+  L.blocks = int(prm[2]);
+  L.kk = int(prm[3]);
+  L.group = int(prm[4]);
+  L.groups = int(prm[5]);
+  L.steps = int(prm[6]);
+  L.vbytes = int(prm[7]);
+  L.mbytes = int(prm[8]);
+  L.symmetric = prm[9] != 0;
+  const int k = int(prm[10]);
+  const size_t per = size_t(L.blocks) * L.groups * L.steps;
+  if (vals.size() != per * L.vbytes || meta.size() != per * L.mbytes ||
+      scales.size() != size_t(L.blocks) * L.groups * ROWS ||
+      (!L.symmetric && zeros.size() != size_t(L.blocks) * L.groups * 8) || L.group * L.groups != L.kk ||
+      L.steps * PAIR_K != L.group || L.blocks * ROWS < L.out || k > L.kk)
+    throw std::invalid_argument("fast layout: inconsistent buffers");
+  L.vals = data_of<uint8_t>(vals, "values");
+  L.meta = L.mbytes ? data_of<uint8_t>(meta, "meta") : nullptr;
+  L.scales = reinterpret_cast<const uint16_t*>(data_of<int16_t>(scales, "scales"));
+  L.zeros = L.symmetric ? nullptr : data_of<uint8_t>(zeros, "zeros");
+  const int tokens = int(x.shape(0));
+  check_out(y, tokens, L.out);
+  float* yp = static_cast<float*>(y.data());
+  int32_t* pp = partials_out(P, tokens, L.out, L.groups);
+  if (tokens == 0) return;
+  nb::gil_scoped_release release;
+  const Ops* ops = current_ops();
+  Prepared p;
+  prepare(ops, p, x, bf16, tokens, k, L.kk, L.group, L.groups, w4a8);
+  pool().run(L.blocks, chunk_for(L.blocks), [&](int lo, int hi) {
+    if (w4a8)
+      ops->fast_w4a8(L, p.a8, lo, hi, yp, pp);
+    else
+      ops->fast_w4a16(L, p.af, lo, hi, yp);
+  });
+}
+
+// params: out, k, padded_in, n, m, bits, group, groups, meta_kind, meta_width, symmetric
+void generic_matmul(const Array& x, bool bf16, const Array& values, const Array& meta, const Array& scales,
+                    const Array& zeros, const Array& table, const std::vector<int64_t>& prm, bool w4a8,
+                    const Array& y, const Array& P) {
+  if (prm.size() != 11) throw std::invalid_argument("generic layout: expected 11 parameters");
+  GenericLayout L;
+  L.out = int(prm[0]);
+  const int k = int(prm[1]);
+  L.padded_in = int(prm[2]);
+  L.n = int(prm[3]);
+  L.m = int(prm[4]);
+  L.bits = int(prm[5]);
+  L.group = int(prm[6]);
+  L.groups = int(prm[7]);
+  L.meta_kind = int(prm[8]);
+  L.meta_width = int(prm[9]);
+  L.symmetric = prm[10] != 0;
+  if (values.ndim() != 2 || int(values.shape(0)) != L.out || scales.ndim() != 2 || int(scales.shape(0)) != L.out ||
+      int(scales.shape(1)) != L.groups || L.group * L.groups != L.padded_in || k > L.padded_in ||
+      L.padded_in % L.m != 0 || L.group % L.m != 0)
+    throw std::invalid_argument("generic layout: inconsistent buffers");
+  L.values = data_of<uint8_t>(values, "values");
+  L.vstride = int64_t(values.shape(1));
+  if (int64_t(L.padded_in) / L.m * L.n * L.bits > L.vstride * 8)
+    throw std::invalid_argument("generic layout: values too short");
+  L.mstride = meta.ndim() == 2 ? int64_t(meta.shape(1)) : 0;
+  L.meta = L.mstride ? data_of<uint8_t>(meta, "meta") : nullptr;
+  if (L.meta_kind != 0 && !L.meta) throw std::invalid_argument("generic layout: metadata missing");
+  L.scales = reinterpret_cast<const uint16_t*>(data_of<int16_t>(scales, "scales"));
+  if (!L.symmetric) {
+    if (zeros.ndim() != 2 || int(zeros.shape(0)) != L.out) throw std::invalid_argument("generic layout: zeros");
+    L.zeros = data_of<uint8_t>(zeros, "zeros");
+    L.zstride = int64_t(zeros.shape(1));
+  }
+  L.table = data_or_null<uint8_t>(table, "rank table");
+  if (L.meta_kind == 2 && !L.table) throw std::invalid_argument("generic layout: rank table missing");
+  const int tokens = int(x.shape(0));
+  check_out(y, tokens, L.out);
+  float* yp = static_cast<float*>(y.data());
+  int32_t* pp = partials_out(P, tokens, L.out, L.groups);
+  if (tokens == 0) return;
+  nb::gil_scoped_release release;
+  const Ops* ops = current_ops();
+  Prepared p;
+  prepare(ops, p, x, bf16, tokens, k, L.padded_in, L.group, L.groups, w4a8);
+  pool().run(L.out, chunk_for(L.out), [&](int lo, int hi) {
+    if (w4a8)
+      ops->generic_w4a8(L, p.a8, lo, hi, yp, pp);
+    else
+      ops->generic_w4a16(L, p.af, lo, hi, yp);
+  });
+}
+
+}  // namespace
+
+NB_MODULE(_nmq_cpu, m) {
+  m.doc() = "nmq CPU kernels: N:M sparse low-bit matmul with runtime ISA dispatch";
+  m.def("isa_levels", &levels, "ISA levels this CPU can run, best first");
+  m.def("set_isa", &set_isa, "Force an ISA level: avx512, avx2 or portable");
+  m.def("get_isa", [] { return std::string(current_ops()->name); });
+  m.def("set_threads", [](int n) { pool().resize(n); }, "Threads the kernels use (the caller included)");
+  m.def("get_threads", [] { return pool().size(); });
+  m.def("fast_matmul", &fast_matmul);
+  m.def("generic_matmul", &generic_matmul);
+}
