@@ -46,13 +46,14 @@ def random_nmq_tensor(out: int, k: int, pattern: Pattern, bits: int, group_size:
     if kept * bits % 8:
         values = bitpack.pack(bitpack.unpack(values, bits, kept), bits)  # clear the row's padding bits
     mgroups = kp // pattern.m
-    per_group, width = pattern.meta_codes_per_group(metadata)
     if pattern.is_dense:
         meta = torch.zeros(out, 0, dtype=torch.uint8)
     else:
         ranks = torch.randint(0, math.comb(pattern.m, pattern.n), (out, mgroups), generator=gen)
-        pos = pattern.rank_to_positions(ranks)
-        meta = encode_meta(pos, pattern, metadata)
+        if metadata == "rank":
+            meta = bitpack.pack(ranks, pattern.rank_bits)
+        else:
+            meta = encode_meta(pattern.rank_to_positions(ranks), pattern, metadata)
     # Scales chosen so that dequantized weights have about the given standard deviation.
     levels = (1 << (bits - 1)) if symmetric else (1 << bits)
     s = (torch.rand(out, kp // group, generator=gen) * 0.5 + 0.75) * (scale * 1.7 / levels)
