@@ -1,4 +1,5 @@
 # Fresh machine:  make demo  (set up, then run the demo)   |   make test  (set up, then the test suite)
+# Needs python3 (>= 3.11), g++, cmake and make; everything else is installed here (apt-get for Verilator/Yosys).
 PYTHON ?= python3
 VENV ?= .venv
 # The CPU build of torch; pinned so pip never pulls the multi-GB CUDA wheels on a CPU machine.
@@ -10,10 +11,12 @@ STAMP := $(VENV)/.nmq-installed
 
 setup: $(STAMP)
 
-$(STAMP): pyproject.toml
+$(STAMP): pyproject.toml CMakeLists.txt scripts/install-hw-tools.sh
 	$(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install --quiet "$(TORCH_SPEC)"
 	$(PY) -m pip install --quiet -e '.[test]'
+	# Verilator and Yosys (Debian packages) for the FPGA flow's simulation and synthesis.
+	bash scripts/install-hw-tools.sh $(PY)
 	touch $(STAMP)
 
 demo: setup

@@ -152,7 +152,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--json", action="store_true", help="print the results as JSON")
     p.set_defaults(func=cmd_demo)
 
+    from . import hw
 
+    hw.add_parser(sub, common)
     return parser
 
 

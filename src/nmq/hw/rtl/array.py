@@ -1,0 +1,105 @@
+"""The R x C systolic array with its input skew and output de-skew.
+
+Rows are output channels, columns are tokens. A step (one kept weight per
+row, the matching activation window per column) enters at the top-left
+corner: row r's weights are delayed r cycles and column c's windows c
+cycles, so PE (r, c) sees the weight and the window of the same step at
+cycle ``step + r + c``. Every register here advances only when the top-level
+enable is high (``EnableInserter``), which is how the whole array stalls on
+an empty input or a full result FIFO without any per-PE handshake.
+
+Results: when a group's last weight leaves the row's right edge, every PE
+of the row has its finished sum in ``shadow``; the row loads them into its
+chain and shifts them out towards column 0, one per cycle (column 0 first).
+Row r does this r cycles after row 0, so row r's output is delayed by
+R - 1 - r cycles to leave as one R-wide beat per column. The chain needs C
+cycles per group, so the controller never issues groups shorter than C steps
+(it pads with bubbles), see ``rtl/top.py``.
+"""
+
+from __future__ import annotations
+
+from amaranth import Cat, Module, Signal, unsigned
+from amaranth.lib import wiring
+from amaranth.lib.wiring import In, Out
+
+from ..config import AcceleratorConfig
+from .pe import ProcessingElement
+
+
+class SystolicArray(wiring.Component):
+    def __init__(self, cfg: AcceleratorConfig):
+        self.cfg = cfg
+        super().__init__({
+            "w_val": In(unsigned(cfg.rows * cfg.wval_bits)),
+            "w_pos": In(unsigned(cfg.rows * cfg.pos_bits)),
+            "w_valid": In(1),
+            "w_last": In(1),
+            "a_win": In(unsigned(cfg.act_beat_bits)),
+            "r_data": Out(unsigned(cfg.result_beat_bits)),
+            "r_valid": Out(1),
+        })
+
+    def elaborate(self, platform):
+        cfg = self.cfg
+        R, C = cfg.rows, cfg.cols
+        wb, pb, ab, acc = cfg.wval_bits, cfg.pos_bits, cfg.act_bits, cfg.acc_bits
+        win = cfg.max_m * ab
+        m = Module()
+
+        pes = [[ProcessingElement(cfg) for _ in range(C)] for _ in range(R)]
+        for r in range(R):
+            for c in range(C):
+                m.submodules[f"pe_{r}_{c}"] = pes[r][c]
+
+        def delayed(sig, n: int, name: str, data: bool = True):
+            """``sig`` through ``n`` registers; data registers are not reset (flags are)."""
+            for i in range(n):
+                reg = Signal.like(sig, name=f"{name}_d{i}", reset_less=data)
+                m.d.sync += reg.eq(sig)
+                sig = reg
+            return sig
+
+        # Row skew: weights of row r (with the step's valid/last flags) wait r cycles.
+        for r in range(R):
+            val = delayed(self.w_val[r * wb:(r + 1) * wb].as_signed(), r, f"wval_r{r}")
+            pos = delayed(self.w_pos[r * pb:(r + 1) * pb], r, f"wpos_r{r}")
+            vld = delayed(self.w_valid, r, f"wvld_r{r}", data=False)
+            lst = delayed(self.w_last, r, f"wlst_r{r}", data=False)
+            pe = pes[r][0]
+            m.d.comb += [pe.w_val.eq(val), pe.w_pos.eq(pos), pe.w_valid.eq(vld), pe.w_last.eq(lst)]
+            for c in range(1, C):
+                left, pe = pes[r][c - 1], pes[r][c]
+                m.d.comb += [
+                    pe.w_val.eq(left.w_val_o), pe.w_pos.eq(left.w_pos_o),
+                    pe.w_valid.eq(left.w_valid_o), pe.w_last.eq(left.w_last_o),
+                ]
+
+        # Column skew: column c's activation windows wait c cycles, then flow down.
+        for c in range(C):
+            a = delayed(self.a_win[c * win:(c + 1) * win], c, f"awin_c{c}")
+            m.d.comb += pes[0][c].a_win.eq(a)
+            for r in range(1, R):
+                m.d.comb += pes[r][c].a_win.eq(pes[r - 1][c].a_win_o)
+
+        # Result chains and de-skew.
+        outs, valids = [], []
+        for r in range(R):
+            row = pes[r]
+            load = Signal(name=f"chain_load_r{r}")
+            m.d.comb += load.eq(row[C - 1].w_last_o)
+            remaining = Signal(range(C + 1), name=f"chain_left_r{r}")
+            with m.If(load):
+                m.d.sync += remaining.eq(C)
+            with m.Elif(remaining != 0):
+                m.d.sync += remaining.eq(remaining - 1)
+            for c in range(C):
+                m.d.comb += [row[c].chain_load.eq(load), row[c].chain_shift.eq(1)]
+                m.d.comb += row[c].chain_in.eq(row[c + 1].chain_o if c + 1 < C else 0)
+            valid = Signal(name=f"chain_valid_r{r}")
+            m.d.comb += valid.eq(remaining != 0)
+            outs.append(delayed(row[0].chain_o, R - 1 - r, f"res_r{r}"))
+            valids.append(delayed(valid, R - 1 - r, f"resv_r{r}", data=False))
+
+        m.d.comb += [self.r_data.eq(Cat(*outs)), self.r_valid.eq(valids[R - 1])]
+        return m

@@ -1,0 +1,122 @@
+"""Cycle model, resource estimate, exploration, synthesis, the generate/explore CLI."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+
+import pytest
+
+from nmq.hw.config import AcceleratorConfig, HardwareError
+from nmq.hw.cycle_model import layer_cycles, model_estimate, run_cycles
+from nmq.hw.explore import BOARDS, CALIBRATION, VALIDATION, estimate_resources, explore, pareto, parse_budget
+
+
+def test_cycle_model_counts_n_steps_per_m_group():
+    cfg = AcceleratorConfig(rows=16, cols=16)
+    dense = layer_cycles(cfg, 4096, 4096, 1, 4, 4, 128).compute_cycles
+    for (n, m), limit in {(2, 4): 0.55, (4, 8): 0.55, (1, 4): 0.30}.items():
+        assert layer_cycles(cfg, 4096, 4096, 1, n, m, 128).compute_cycles <= limit * dense
+    # 256 row tiles x 32 groups x 64 steps, plus the drain.
+    assert layer_cycles(cfg, 4096, 4096, 16, 2, 4, 128).compute_cycles == 256 * 32 * 64 + 16 + 32 + 3
+    # A 17th token needs a second token tile: twice the passes.
+    assert layer_cycles(cfg, 4096, 4096, 17, 2, 4, 128).compute_cycles == 2 * 256 * 32 * 64 + 16 + 32 + 3
+
+
+def test_short_groups_are_padded_to_the_columns():
+    cfg = AcceleratorConfig(rows=4, cols=8)
+    # 1:8 with groups of 16: 2 steps per group, padded to 8.
+    assert run_cycles(cfg, 10, 2) == 10 * 8 - 6 + 4 + 16 + 3
+
+
+def test_bandwidth_bound_binds_for_decode_on_a_big_array():
+    cfg = AcceleratorConfig(rows=256, cols=1, bandwidth_gbs=1.0)
+    e = layer_cycles(cfg, 4096, 4096, 1, 2, 4, 128, bits=4)
+    assert e.bound == "bandwidth" and e.cycles == e.bandwidth_cycles > e.compute_cycles
+    # 2 kept codes of 4 bits + 2-bit index each per 4 weights, fp16 scale per 128: 3.125 bits per weight.
+    assert e.weight_bytes == 4096 * 4096 * 3.125 / 8
+
+
+def test_whole_llama_estimate_is_fast_and_consistent():
+    cfg = AcceleratorConfig()
+    r = model_estimate(cfg, "llama-7b", (2, 4), 4, 128, 1)
+    assert len(r["layers"]) == 7 and r["cycles"] >= r["compute_cycles"] > 0
+    assert r["tokens_per_second"] > 0
+    with pytest.raises(HardwareError, match="accepted"):
+        model_estimate(cfg, "gpt-5")
+
+
+def test_resource_estimate_tracks_the_yosys_calibration():
+    for point in CALIBRATION + VALIDATION:
+        r, c, m, w = point["config"]
+        est = estimate_resources(AcceleratorConfig(rows=r, cols=c, max_m=m, weight_bits=w))
+        assert est["dsp"] == point["dsp"]
+        for key in ("lut", "ff"):
+            assert abs(est[key] - point[key]) <= 0.07 * point[key], (point, est)
+
+
+def test_explore_respects_the_budget_and_returns_a_front():
+    budget = parse_budget("20000,30000,200,100")
+    r = explore(budget, "llama-7b", (2, 4), 4, 128, tokens=4)
+    assert r["front"] and r["chosen"] in r["front"]
+    for p in r["front"]:
+        assert p["lut"] <= 20000 and p["ff"] <= 30000 and p["dsp"] <= 200
+    tps = [p["tokens_per_second"] for p in r["front"]]
+    assert tps == sorted(tps)
+    assert pareto(r["front"]) == r["front"]
+    assert parse_budget("zcu104")["dsp"] == BOARDS["zcu104"]["dsp"]
+    with pytest.raises(HardwareError, match="accepted"):
+        parse_budget("lots")
+    with pytest.raises(HardwareError, match="no array configuration fits"):
+        explore(parse_budget("10,10,1,1"))
+
+
+def test_config_rejects_out_of_range_values(tmp_path):
+    with pytest.raises(HardwareError, match="max_m"):
+        AcceleratorConfig(max_m=17)
+    with pytest.raises(HardwareError, match="weight_bits"):
+        AcceleratorConfig(weight_bits=5)
+    cfg = AcceleratorConfig(rows=3, cols=5, max_m=16, weight_bits=8)
+    cfg.save(tmp_path / "config.json")
+    assert AcceleratorConfig.load(tmp_path) == cfg
+    (tmp_path / "config.json").write_text('{"rows": 4, "colz": 2}')
+    with pytest.raises(HardwareError, match="unknown field"):
+        AcceleratorConfig.load(tmp_path)
+
+
+def _nmq(*args):
+    return subprocess.run([sys.executable, "-m", "nmq", *args], capture_output=True, text=True)
+
+
+def test_cli_generate_and_explore(tmp_path):
+    pytest.importorskip("amaranth", reason="Amaranth HDL is not installed")
+    proc = _nmq("hw", "generate", "--rows", "2", "--cols", "3", "--max-m", "16", "--weight-bits", "8",
+                "-o", str(tmp_path / "d"), "--no-lint", "--json")
+    assert proc.returncode == 0, proc.stderr
+    info = json.loads(proc.stdout)
+    assert info["config"]["max_m"] == 16 and info["top"] == "nmq_accel"
+    text = (tmp_path / "d" / "nmq_accel.v").read_text()
+    assert "module nmq_accel" in text and "cfg_n" in text and "w_ready" in text
+    proc = _nmq("hw", "explore", "--budget", "ultra96v2", "--json")
+    assert proc.returncode == 0, proc.stderr
+    assert json.loads(proc.stdout)["chosen"]["dsp"] <= BOARDS["ultra96v2"]["dsp"]
+    proc = _nmq("hw", "generate", "--rows", "0", "-o", str(tmp_path / "bad"))
+    assert proc.returncode == 2 and "rows=0" in proc.stderr and "Traceback" not in proc.stderr
+
+
+def test_yosys_synthesis_counts(tmp_path):
+    """A 1 x 2 array through `nmq hw synth`: one DSP per PE (+1 for the controller), FFs and LUTs > 0."""
+    pytest.importorskip("amaranth", reason="Amaranth HDL is not installed")
+    from nmq.hw.synth import yosys_exe
+
+    if yosys_exe() is None:
+        pytest.skip("yosys is not installed (run scripts/install-hw-tools.sh)")
+    d = tmp_path / "d"
+    assert _nmq("hw", "generate", "--rows", "1", "--cols", "2", "--max-m", "4", "-o", str(d), "--no-lint").returncode == 0
+    proc = _nmq("hw", "synth", str(d), "--json")
+    assert proc.returncode == 0, proc.stderr
+    r = json.loads(proc.stdout)
+    assert {"lut", "ff", "dsp", "bram", "yosys_version", "flags"} <= set(r)
+    assert r["dsp"] == 3 and r["ff"] > 100 and r["lut"] > 100 and r["bram"] == 0
+    assert "synth_xilinx -family xcup" in r["flags"] and r["yosys_version"].startswith("Yosys")
