@@ -140,13 +140,14 @@ def _accuracy(data):
 def _hardware(data):
     import matplotlib.pyplot as plt
 
-    points = data.get("points", data) if isinstance(data, dict) else data
-    front = data.get("pareto", []) if isinstance(data, dict) else []
+    # nmq hw explore --json: {"front": [...], "chosen": {...}, "budget": {...}}
+    points = (data.get("points") or data.get("front") or []) if isinstance(data, dict) else data
+    front = (data.get("pareto") or data.get("front") or []) if isinstance(data, dict) else []
     fig, ax = plt.subplots(figsize=(8, 4))
     rows = []
 
     def xy(p):
-        return p.get("lut", p.get("resources", {}).get("lut", 0)), p.get("tokens_per_s", p.get("throughput", 0))
+        return p.get("lut", 0), p.get("tokens_per_s", p.get("tokens_per_second", 0))
 
     if points:
         ax.scatter(*zip(*[xy(p) for p in points]), s=12, label="configurations")
@@ -157,7 +158,11 @@ def _hardware(data):
     ax.set_ylabel("tokens/s (cycle model)")
     ax.legend()
     fig.tight_layout()
-    return "FPGA design space: throughput against resources", fig, rows or points[:20]
+    keep = ("rows", "cols", "max_m", "act_buffer", "lut", "ff", "dsp", "bram", "tokens_per_second", "bound")
+    rows = [{k: p.get(k) for k in keep if k in p} for p in (rows or points[:20])]
+    budget = data.get("budget", {}).get("name") if isinstance(data, dict) else None
+    title = "FPGA design space: throughput against resources" + (f" (budget {budget}, cycle model)" if budget else "")
+    return title, fig, rows
 
 
 def _e2e(data):
