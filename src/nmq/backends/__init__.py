@@ -15,7 +15,9 @@ from ..errors import BackendError
 from ..tensor import NMQTensor
 from .base import NUMERIC_PATHS, Backend, check_path
 from .cpu import CpuBackend
+from .cusparselt import CusparseltBackend
 from .reference import ReferenceBackend
+from .triton import TritonBackend
 
 KNOWN_BACKENDS = ("reference", "cpu", "triton", "cusparselt")
 _REGISTRY: dict[str, Backend] = {}
@@ -68,5 +70,7 @@ def matmul(x: torch.Tensor, t: NMQTensor, backend: str = "auto", path: str = "w4
 
 register(ReferenceBackend())
 register(CpuBackend())
+register(TritonBackend())
+register(CusparseltBackend())
 
 __all__ = ["Backend", "KNOWN_BACKENDS", "NUMERIC_PATHS", "available", "get_backend", "matmul", "register"]

@@ -76,10 +76,13 @@ def add_parser(subparsers: argparse._SubParsersAction, common_parent: argparse.A
         "kernels", parents=[common_parent], help=text, description=text,
         epilog=textwrap.dedent(EXAMPLES), formatter_class=argparse.RawDescriptionHelpFormatter,
     )
-    p.add_argument("--shapes", default="llama-7b", help="a named set of matrices: llama-7b (the seven of a decoder layer; default)")
+    p.add_argument("--device", default="cpu", choices=["cpu", "cuda"],
+                   help="cpu: nmq's C++ kernels vs PyTorch and ONNX Runtime; cuda: Triton and cuSPARSELt vs cuBLAS (default cpu)")
+    p.add_argument("--shapes", default=None, help="a named set of matrices: llama-7b (the seven of a decoder layer; "
+                   "the default on cpu), square (4096x4096), all (the default on cuda)")
     p.add_argument("--shape", metavar="OUTxIN", help="one matrix instead of --shapes, e.g. 4096x4096")
     p.add_argument("--layers", type=int, default=3, help="copies of every matrix, rotated to defeat caches (default 3)")
-    p.add_argument("--batch", default="1,16,128", help="comma-separated token counts (default 1,16,128)")
+    p.add_argument("--batch", default=None, help="comma-separated token counts (default 1,16,128 on cpu, 1,16,64,128 on cuda)")
     p.add_argument("--threads", type=int, help="threads for every kernel (default: all CPUs this process may use)")
     p.add_argument("--kernels", help=f"comma-separated subset of: {', '.join(ALL_KERNELS)} (default all)")
     p.add_argument("--paths", default="w4a16,w4a8", help="nmq numeric paths (default w4a16,w4a8)")
@@ -93,6 +96,12 @@ def add_parser(subparsers: argparse._SubParsersAction, common_parent: argparse.A
 
 def run_kernels(args: argparse.Namespace) -> int:
     """Entry point of ``nmq bench kernels``; returns the exit status."""
+    if getattr(args, "device", "cpu") == "cuda":
+        from .gpu import run_gpu
+
+        return run_gpu(args)
+    args.shapes = args.shapes or "llama-7b"
+    args.batch = args.batch or "1,16,128"
     shapes = _shapes(args)
     batches = _ints(args.batch, "--batch")
     kernels = _kernels(args.kernels)

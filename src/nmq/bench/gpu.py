@@ -1,0 +1,353 @@
+"""``nmq bench kernels --device cuda``: nmq's GPU kernels beside cuBLAS and cuSPARSELt.
+
+Kernels, all on the same activations in one process, interleaved pass by pass:
+
+* ``cublas-fp16``: the dense fp16 weight, ``F.linear`` (cuBLAS);
+* ``nmq-dense-int4``: the dense INT4 weight (group 128), nmq's Triton kernel;
+* ``cusparselt-2:4-fp16``: the fp16 weight pruned 2:4, ``to_sparse_semi_structured``;
+* ``nmq-2:4-int4``: the 2:4 INT4 weight (group 128), nmq's Triton kernel;
+* ``cusparselt-2:4-from-int4``: the same 2:4 INT4 weight through the
+  ``cusparselt`` backend (dequantized once to fp16, 2:4 sparse tensor cores).
+
+Shapes: 4096x4096 (``--shapes square``), the distinct matrices of a LLaMA-7B
+decoder layer (``llama-7b``: 4096x4096, 11008x4096, 4096x11008), both
+(``all``, the default) or ``--shape OUTxIN``. Batches 1, 16, 64, 128.
+
+Every figure is the median over ``--runs`` passes (after ``--warmup`` passes,
+which also run Triton's autotuning) of CUDA-event time for one pass over
+enough copies of the weight that they exceed four times the L2 cache (or
+``--layers`` copies if that is more), divided by the copies. Each record::
+
+    {"name", "backend", "shape", "batch", "median_ms", "speedup_vs_cublas",
+     "weight_bytes", "bytes", "gb_s", "tflops", "bw_fraction", "tflops_fraction",
+     "floor_ms", "copies", "device"}
+
+``bytes`` counts the weight bytes as stored plus fp16 activations and the
+output; ``tflops`` counts the dense-equivalent ``2 * batch * out * in``
+operations. Peaks are measured in the same process: device-to-device copy
+bandwidth and a large cuBLAS fp16 matmul (the dense tensor-core rate).
+``floor_ms`` is the larger of bytes over measured bandwidth and operations
+over measured peak.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import math
+import statistics
+import sys
+from collections.abc import Callable
+from dataclasses import dataclass, replace
+
+import torch
+
+from ..errors import NMQError
+
+SHAPE_SETS = {
+    "square": [(4096, 4096)],
+    "llama-7b": [(4096, 4096), (11008, 4096), (4096, 11008)],
+}
+SHAPE_SETS["all"] = SHAPE_SETS["llama-7b"]
+KERNELS = ("cublas-fp16", "nmq-dense-int4", "cusparselt-2:4-fp16", "nmq-2:4-int4", "cusparselt-2:4-from-int4")
+DEFAULT_BATCHES = "1,16,64,128"
+MAX_COPY_BYTES = 8 << 30
+
+
+class GpuBenchError(NMQError, ValueError):
+    """Bad options for the GPU benchmark, or a machine it cannot run on."""
+
+
+def add_arguments(p: argparse.ArgumentParser) -> None:
+    """The options ``run_gpu`` reads (it also accepts the CPU benchmark's namespace)."""
+    p.add_argument("--shapes", default="all", help="square (4096x4096), llama-7b, or all (default)")
+    p.add_argument("--shape", metavar="OUTxIN", help="one matrix instead of --shapes, e.g. 4096x4096")
+    p.add_argument("--batch", default=DEFAULT_BATCHES, help=f"comma-separated token counts (default {DEFAULT_BATCHES})")
+    p.add_argument("--kernels", help=f"comma-separated subset of: {', '.join(KERNELS)} (default all)")
+    p.add_argument("--layers", type=int, default=1,
+                   help="at least this many weight copies, rotated (default: enough to exceed 4x L2)")
+    p.add_argument("--runs", type=int, default=20, help="timed passes per row, at least 10 (default 20)")
+    p.add_argument("--warmup", type=int, default=3, help="untimed passes first, autotuning included (default 3)")
+    p.add_argument("--json", action="store_true", help="print the records as a JSON list")
+
+
+@dataclass
+class Case:
+    name: str
+    backend: str
+    weight_bytes: int
+    calls: list[Callable[[torch.Tensor], torch.Tensor]]
+
+
+def run_gpu(args: argparse.Namespace) -> int:
+    """Run the benchmark; returns the exit status (2, with one line on stderr, without CUDA)."""
+    if not torch.cuda.is_available():
+        print("nmq: error: bench kernels --device cuda needs a CUDA device and none is visible "
+              "(torch.cuda.is_available() is False)", file=sys.stderr)
+        return 2
+    try:
+        records = _run(args)
+    except NMQError as exc:
+        print(f"nmq: error: {exc}", file=sys.stderr)
+        return 2
+    if getattr(args, "json", False):
+        print(json.dumps(records, indent=2))
+    else:
+        print(format_table(records))
+    return 0
+
+
+def _run(args: argparse.Namespace) -> list[dict]:
+    shapes = _shapes(args)
+    batches = _batches(getattr(args, "batch", None) or DEFAULT_BATCHES)
+    kernels = _kernels(getattr(args, "kernels", None))
+    runs, warmup = getattr(args, "runs", 20), max(1, getattr(args, "warmup", 3))
+    min_copies = max(1, getattr(args, "layers", 1) or 1)
+    if runs < 10:
+        raise GpuBenchError(f"--runs {runs}: every figure is a median of at least 10 runs")
+    quiet = getattr(args, "quiet", False)
+
+    def say(msg: str) -> None:
+        if not quiet:
+            print(msg, file=sys.stderr, flush=True)
+
+    props = torch.cuda.get_device_properties(0)
+    device = f"{props.name} (sm_{props.major}{props.minor}, {props.total_memory / 2**30:.0f} GiB)"
+    kernels = _runnable(kernels, say)
+    say(f"{device}: measuring peaks")
+    bandwidth, peak = measure_bandwidth(), measure_fp16_peak()
+    say(f"copy bandwidth {bandwidth / 1e9:.0f} GB/s, cuBLAS fp16 {peak / 1e12:.0f} TFLOP/s")
+    l2 = int(getattr(props, "L2_cache_size", 50 << 20))
+    records: list[dict] = []
+    gen = torch.Generator().manual_seed(0)
+    for out, k in shapes:
+        say(f"{out}x{k}: building weights")
+        cases = _build(out, k, kernels, l2, min_copies, gen)
+        for batch in batches:
+            x = torch.randn(batch, k, generator=gen).half().cuda()
+            times = _time(cases, x, runs, warmup)
+            base = times.get("cublas-fp16")
+            for case in cases:
+                ms = times[case.name]
+                moved = case.weight_bytes + 2 * batch * k + 4 * batch * out
+                flops = 2 * batch * out * k
+                records.append({
+                    "name": case.name, "backend": case.backend, "shape": [out, k], "batch": batch,
+                    "median_ms": ms, "speedup_vs_cublas": (base / ms) if base else None,
+                    "weight_bytes": case.weight_bytes, "bytes": moved,
+                    "gb_s": moved / ms / 1e6, "tflops": flops / ms / 1e9,
+                    "bw_fraction": moved / ms / 1e-3 / bandwidth, "tflops_fraction": flops / ms / 1e-3 / peak,
+                    "floor_ms": max(moved / bandwidth, flops / peak) * 1e3,
+                    "copies": len(case.calls), "device": device,
+                })
+            say(f"  batch {batch}: done")
+        del cases
+        torch.cuda.empty_cache()
+    return records
+
+
+def _shapes(args) -> list[tuple[int, int]]:
+    shape = getattr(args, "shape", None)
+    if shape:
+        try:
+            o, i = (int(v) for v in shape.lower().split("x"))
+        except ValueError:
+            raise GpuBenchError(f"--shape {shape!r}: accepted: OUTxIN, e.g. 4096x4096") from None
+        if o < 1 or i < 1:
+            raise GpuBenchError(f"--shape {shape!r}: both sizes must be positive")
+        return [(o, i)]
+    name = getattr(args, "shapes", None) or "all"
+    if name not in SHAPE_SETS:
+        raise GpuBenchError(f"--shapes {name!r} is unknown; accepted: {', '.join(SHAPE_SETS)} (or --shape OUTxIN)")
+    return list(SHAPE_SETS[name])
+
+
+def _batches(text: str) -> list[int]:
+    try:
+        vals = [int(v) for v in str(text).split(",") if v.strip()]
+    except ValueError:
+        raise GpuBenchError(f"--batch {text!r}: accepted: comma-separated positive integers") from None
+    if not vals or any(v < 1 or v > 65536 for v in vals):
+        raise GpuBenchError(f"--batch {text!r}: accepted: comma-separated integers in 1..65536")
+    return vals
+
+
+def _kernels(text: str | None) -> list[str]:
+    if not text:
+        return list(KERNELS)
+    names = [n.strip() for n in text.split(",") if n.strip()]
+    bad = [n for n in names if n not in KERNELS]
+    if bad:
+        raise GpuBenchError(f"--kernels: {', '.join(bad)} unknown; accepted: {', '.join(KERNELS)}")
+    return names
+
+
+def _runnable(kernels: list[str], say) -> list[str]:
+    from ..backends.cusparselt import CusparseltBackend
+    from ..backends.triton import TritonBackend
+
+    keep = []
+    for name in kernels:
+        if name.startswith("nmq-"):
+            reason = TritonBackend().unavailable_reason()
+        elif name.startswith("cusparselt-"):
+            reason = CusparseltBackend().unavailable_reason()
+        else:
+            reason = None
+        if reason:
+            say(f"skipping {name}: {reason}")
+        else:
+            keep.append(name)
+    return keep
+
+
+def _copies(weight_bytes: int, l2: int, min_copies: int) -> int:
+    n = max(min_copies, math.ceil(4 * l2 / max(weight_bytes, 1)))
+    return max(1, min(n, MAX_COPY_BYTES // max(weight_bytes, 1)))
+
+
+def _tensor_bytes(*tensors) -> int:
+    return sum(t.numel() * t.element_size() for t in tensors if t is not None)
+
+
+def _build(out: int, k: int, kernels: list[str], l2: int, min_copies: int, gen) -> list[Case]:
+    import torch.nn.functional as F
+
+    from .. import compress_weight
+    from ..backends.cusparselt import CusparseltBackend
+    from ..backends.triton import TritonBackend
+
+    w = torch.randn(out, k, generator=gen)
+    cases: list[Case] = []
+    need_24 = any(n in kernels for n in ("nmq-2:4-int4", "cusparselt-2:4-from-int4", "cusparselt-2:4-fp16"))
+    t24 = compress_weight(w, pattern="2:4", bits=4, group_size=128) if need_24 else None
+    for name in kernels:
+        if name == "cublas-fp16":
+            dense = w.half().cuda()
+            size = _tensor_bytes(dense)
+            ws = [dense.clone() for _ in range(_copies(size, l2, min_copies))]
+            cases.append(Case(name, "torch", size, [lambda x, m=m: F.linear(x, m) for m in ws]))
+        elif name.startswith("nmq-"):
+            pattern = "dense" if name == "nmq-dense-int4" else "2:4"
+            t = t24 if pattern == "2:4" else compress_weight(w, pattern="dense", bits=4, group_size=128)
+            backend = TritonBackend()
+            packed = backend.prepack(t)
+            size = packed.nbytes
+            copies = [packed] + [_clone_packed(packed) for _ in range(_copies(size, l2, min_copies) - 1)]
+            cases.append(Case(name, "triton", size, [lambda x, p=p, b=backend: b.matmul(x, p) for p in copies]))
+        elif name == "cusparselt-2:4-fp16":
+            from torch.sparse import SparseSemiStructuredTensor, to_sparse_semi_structured
+
+            from ..backends.cusparselt import sparse_kernel_name
+
+            kernel = sparse_kernel_name()
+            SparseSemiStructuredTensor._FORCE_CUTLASS = kernel == "cutlass"
+            mask = t24.to_dense() != 0  # the same 2:4 positions, fp16 values
+            dense = (w * mask).half().cuda()
+            sparse = to_sparse_semi_structured(dense)
+            size = _semi_structured_bytes(sparse)
+            ws = [sparse] + [to_sparse_semi_structured(dense.clone()) for _ in range(_copies(size, l2, min_copies) - 1)]
+            del dense
+            cases.append(Case(name, f"torch-{kernel}", size, [lambda x, m=m: F.linear(x, m) for m in ws]))
+        elif name == "cusparselt-2:4-from-int4":
+            backend = CusparseltBackend()
+            first = backend.prepack(t24)
+            size = _semi_structured_bytes(first.weight(torch.float16))
+            packs = [first] + [backend.prepack(t24) for _ in range(_copies(size, l2, min_copies) - 1)]
+            cases.append(Case(name, "cusparselt", size, [lambda x, p=p, b=backend: b.matmul(x, p) for p in packs]))
+    return cases
+
+
+def _clone_packed(p):
+    return replace(p, values=p.values.clone(), meta=p.meta.clone(), scales=p.scales.clone(),
+                   zeros=None if p.zeros is None else p.zeros.clone())
+
+
+def _semi_structured_bytes(s) -> int:
+    # The compressed values and metadata read by the forward product; transposed copies are not read.
+    names = ("packed", "meta") if getattr(s, "packed", None) is not None else ()
+    got = _tensor_bytes(*(getattr(s, n, None) for n in names))
+    if got:
+        return got
+    rows, cols = s.shape
+    return rows * cols + rows * cols // 8  # half the values in fp16, 2-bit indices for them
+
+
+def _time(cases: list[Case], x: torch.Tensor, runs: int, warmup: int) -> dict[str, float]:
+    for _ in range(warmup):
+        for case in cases:
+            for call in case.calls:
+                call(x)
+    torch.cuda.synchronize()
+    samples: dict[str, list[float]] = {c.name: [] for c in cases}
+    for _ in range(runs):
+        for case in cases:
+            start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
+            start.record()
+            for call in case.calls:
+                call(x)
+            end.record()
+            end.synchronize()
+            samples[case.name].append(start.elapsed_time(end) / len(case.calls))
+    return {name: statistics.median(v) for name, v in samples.items()}
+
+
+def measure_bandwidth(nbytes: int = 1 << 30, runs: int = 10) -> float:
+    """Device memory bandwidth in bytes/s: a large device-to-device copy (read + write)."""
+    src = torch.empty(nbytes, dtype=torch.uint8, device="cuda")
+    dst = torch.empty_like(src)
+    times = []
+    for i in range(runs + 2):
+        start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
+        start.record()
+        dst.copy_(src)
+        end.record()
+        end.synchronize()
+        if i >= 2:
+            times.append(start.elapsed_time(end) / 1e3)
+    del src, dst
+    return 2 * nbytes / statistics.median(times)
+
+
+def measure_fp16_peak(n: int = 8192, runs: int = 10) -> float:
+    """Dense fp16 tensor-core rate in FLOP/s: a large cuBLAS matmul."""
+    a = torch.randn(n, n, device="cuda", dtype=torch.float16)
+    b = torch.randn(n, n, device="cuda", dtype=torch.float16)
+    times = []
+    for i in range(runs + 2):
+        start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
+        start.record()
+        torch.mm(a, b)
+        end.record()
+        end.synchronize()
+        if i >= 2:
+            times.append(start.elapsed_time(end) / 1e3)
+    del a, b
+    return 2 * n**3 / statistics.median(times)
+
+
+def format_table(records: list[dict]) -> str:
+    if not records:
+        return "no kernel could run here"
+    head = (f"{'kernel':<26} {'shape':>11} {'batch':>5} {'ms':>9} {'x cuBLAS':>8} "
+            f"{'GB/s':>7} {'%BW':>5} {'TFLOP/s':>8} {'%peak':>6} {'floor ms':>9}")
+    lines = [f"device: {records[0]['device']}", head, "-" * len(head)]
+    for r in records:
+        speed = f"{r['speedup_vs_cublas']:.2f}" if r["speedup_vs_cublas"] else "-"
+        lines.append(
+            f"{r['name']:<26} {'x'.join(map(str, r['shape'])):>11} {r['batch']:>5} {r['median_ms']:>9.4f} {speed:>8} "
+            f"{r['gb_s']:>7.0f} {100 * r['bw_fraction']:>5.0f} {r['tflops']:>8.1f} {100 * r['tflops_fraction']:>6.1f} "
+            f"{r['floor_ms']:>9.4f}"
+        )
+    return "\n".join(lines)
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="python -m nmq.bench.gpu", description=__doc__.split("\n")[0])
+    add_arguments(parser)
+    parser.add_argument("--quiet", action="store_true")
+    return run_gpu(parser.parse_args(argv))
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

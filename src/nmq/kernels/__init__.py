@@ -1,0 +1,1 @@
+"""Compute kernels behind the backends: ``cpu`` (C++ sources, built into ``nmq._nmq_cpu``), ``triton`` (GPU)."""
