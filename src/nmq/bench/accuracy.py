@@ -75,7 +75,7 @@ def run_accuracy(cal: Calibration, eval_bytes: int, window: int, stride: int, on
             "perplexity": ppl.perplexity,
             "bits_per_byte": ppl.bits_per_token,
             "recipe": None if row.recipe is None else {**row.recipe.to_dict(), "quantized": row.quantize},
-            "calibration": None if row.recipe is None or not (row.recipe.needs_calibration or not row.quantize)
+            "calibration": None if row.recipe is None or not row.recipe.needs_calibration
             else {"samples": cal.samples, "seq_len": cal.seq_len, "seed": cal.seed, "text": cal.text or "stdlib-train"},
             "seconds": seconds,
             "eval": {"text": "stdlib-heldout", "tokens": ppl.tokens, "window": window, "stride": stride},
@@ -116,7 +116,7 @@ def format_markdown(records: list[dict]) -> str:
     for r in records:
         rec = r["recipe"]
         recipe = "-" if rec is None else (
-            f"{rec['pattern']} {rec['method']}" + (f" int{rec['bits']} g{rec['group_size']}" if rec["quantized"] else " (fp32 values)"))
+            f"{'dense' if rec['pattern'] == '1:1' else rec['pattern']} {rec['method']}" + (f" int{rec['bits']} g{rec['group_size']}" if rec["quantized"] else " (fp32 values)"))
         cal = "-" if r["calibration"] is None else f"{r['calibration']['samples']}x{r['calibration']['seq_len']}"
         rel = f"{r['perplexity'] / dense:.3f}x" if dense else "-"
         lines.append(f"| {r['row']} | {r['perplexity']:.4f} | {rel} | {r['bits_per_byte']:.4f} | {recipe} | {cal} | {r['seconds']:.1f} |")
