@@ -80,3 +80,8 @@ def test_perplexity_matches_full_context_scoring(dense):
     assert strided.tokens == other.tokens == 149 and math.isclose(strided.perplexity, other.perplexity, rel_tol=1e-6)
     with pytest.raises(ModelError, match="stride"):
         perplexity(dense, ids, window=10, stride=20)
+
+
+def test_compress_model_runs_calibrated_methods(dense, tokens):
+    model = nmq.compress_model(copy.deepcopy(dense), nmq.Recipe(method="wanda"), progress=False, calibration=tokens)
+    assert sum(isinstance(m, nmq.NMQLinear) for m in model.modules()) == 28

@@ -25,12 +25,28 @@ def target_layers(model: torch.nn.Module, recipe: Recipe) -> list[str]:
     return [n for n, m in model.named_modules() if isinstance(m, torch.nn.Linear) and recipe.selects(n)]
 
 
-def compress_model(model: torch.nn.Module, recipe: Recipe | dict | None = None, progress: bool = True) -> torch.nn.Module:
-    """Replace the selected ``nn.Linear`` layers of ``model`` by NMQLinear, in place; returns ``model``."""
+def compress_model(model: torch.nn.Module, recipe: Recipe | dict | None = None, progress: bool = True,
+                   calibration=None) -> torch.nn.Module:
+    """Replace the selected ``nn.Linear`` layers of ``model`` by NMQLinear, in place; returns ``model``.
+
+    Calibrated methods (wanda, sparsegpt, gptq) run block by block over
+    ``calibration``: token ids ``[samples, seq_len]``, or a
+    :class:`nmq.calibrate.Calibration` (default: 128 x 512 tokens of the
+    standard library's source, for byte-level models).
+    """
     if recipe is None:
         recipe = Recipe()
     elif isinstance(recipe, dict):
         recipe = Recipe.from_dict(recipe)
+    if recipe.needs_calibration:
+        from .calibrate import Calibration, calibration_tokens, compress_model_calibrated
+
+        if not isinstance(calibration, torch.Tensor):
+            if getattr(model.config, "vocab_size", None) != 256:
+                raise ModelError(f"method {recipe.method!r} needs calibration token ids for this model's tokenizer; "
+                                 "pass calibration=tensor [samples, seq_len] (or use nmq compress --calibration)")
+            calibration = calibration_tokens(calibration or Calibration())
+        return compress_model_calibrated(model, recipe, calibration, progress=progress)
     names = target_layers(model, recipe)
     if not names:
         raise ModelError(f"no linear layer matches targets {recipe.targets!r} outside ignore {list(recipe.ignore)}")
