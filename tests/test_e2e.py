@@ -39,3 +39,13 @@ def test_e2e_record():
 def test_e2e_cli_rejects_unknown_configs(capsys):
     assert main(["bench", "e2e", "--configs", "nmq-9:8-int4"]) == 2
     assert "accepted" in capsys.readouterr().err
+
+
+def test_fpga_rows_come_from_the_cycle_model():
+    from nmq.bench.e2e import fpga_estimate
+
+    dense = fpga_estimate("fpga-model-dense-int4", "llama-7b")
+    sparse = fpga_estimate("fpga-model-2:4-int4", "llama-7b")
+    assert sparse["backend"] == "fpga-cycle-model" and sparse["peak_rss_gb"] is None
+    assert sparse["tokens_per_s"] > dense["tokens_per_s"] > 0
+    assert sparse["cycles_per_token"] < dense["cycles_per_token"]

@@ -25,7 +25,13 @@ CONFIGS = {
     "nmq-dense-int4": "dense",
     "nmq-2:4-int4": "2:4",
     "nmq-4:8-int4": "4:8",
+    "fpga-model-dense-int4": "dense",
+    "fpga-model-2:4-int4": "2:4",
+    "fpga-model-4:8-int4": "4:8",
 }
+# The design `nmq hw explore --budget zcu104 --model llama-7b` chooses at batch 1
+# (benchmarks/results/hw-explore.json); its clock and bandwidth are assumptions.
+FPGA_DESIGN = dict(rows=128, cols=1, max_m=8, weight_bits=4, act_buffer_depth=3072, clock_mhz=300.0, bandwidth_gbs=19.2)
 DEFAULT_CONFIGS = ("torch-bf16", "nmq-dense-int4", "nmq-2:4-int4", "nmq-4:8-int4")
 
 
@@ -34,6 +40,8 @@ def run_one(config: str, model_name: str, prompt_tokens: int, new_tokens: int, b
     from ..recipe import Recipe
     from ..synthetic import SHAPES, llama_model
 
+    if config.startswith("fpga-model-"):
+        return fpga_estimate(config, model_name)
     if threads:
         torch.set_num_threads(threads)
     start = time.perf_counter()
@@ -65,6 +73,21 @@ def run_one(config: str, model_name: str, prompt_tokens: int, new_tokens: int, b
         "threads": torch.get_num_threads(),
         "build_s": build_s,
     }
+
+
+def fpga_estimate(config: str, model_name: str) -> dict:
+    """Decode throughput of the generated accelerator from its cycle model (no simulation, no measurement)."""
+    from ..hw.config import AcceleratorConfig
+    from ..hw.cycle_model import model_estimate
+    from ..pattern import Pattern
+
+    p = Pattern.parse(CONFIGS[config])
+    cfg = AcceleratorConfig(**FPGA_DESIGN)
+    e = model_estimate(cfg, model=model_name, pattern=(p.n, p.m), bits=4, group=128, tokens=1)
+    return {"config": config, "model": model_name, "ms_per_token": 1000 / e["tokens_per_second"],
+            "tokens_per_s": e["tokens_per_second"], "prefill_ms": None, "peak_rss_gb": None,
+            "backend": "fpga-cycle-model", "design": FPGA_DESIGN, "cycles_per_token": e["cycles"],
+            "compute_cycles_per_token": e["compute_cycles"]}
 
 
 def add_parser(subparsers, common: argparse.ArgumentParser) -> argparse.ArgumentParser:
@@ -110,6 +133,9 @@ def cmd_e2e(args: argparse.Namespace) -> int:
         cmd = [sys.executable, "-m", "nmq", "bench", "e2e", "--one", "--configs", config, "--model", args.model,
                "--prompt-tokens", str(args.prompt_tokens), "--new-tokens", str(args.new_tokens),
                "--backend", args.backend, "--quiet"] + (["--threads", str(args.threads)] if args.threads else [])
+        if config.startswith("fpga-model-"):
+            records.append(fpga_estimate(config, args.model))
+            continue
         if not args.quiet:
             print(f"{config}: building {args.model} and decoding {args.new_tokens} tokens ...", file=sys.stderr)
         proc = subprocess.run(cmd, capture_output=True, text=True)
@@ -126,11 +152,13 @@ def cmd_e2e(args: argparse.Namespace) -> int:
 def format_table(records: list[dict]) -> str:
     base = next((r for r in records if r["config"] == "nmq-dense-int4"), None)
     bf16 = next((r for r in records if r["config"] == "torch-bf16"), None)
-    lines = [f"{'config':<16} {'backend':>9} {'ms/token':>10} {'tokens/s':>9} {'prefill ms':>11} {'peak RSS GB':>12} "
+    lines = [f"{'config':<21} {'backend':>16} {'ms/token':>10} {'tokens/s':>9} {'prefill ms':>11} {'peak RSS GB':>12} "
              f"{'vs dense-int4':>14} {'vs bf16':>8}"]
     for r in records:
         vs_int4 = f"{r['tokens_per_s'] / base['tokens_per_s']:.2f}x" if base else "-"
         vs_bf16 = f"{r['tokens_per_s'] / bf16['tokens_per_s']:.2f}x" if bf16 else "-"
-        lines.append(f"{r['config']:<16} {r['backend']:>9} {r['ms_per_token']:>10.2f} {r['tokens_per_s']:>9.2f} "
-                     f"{r['prefill_ms']:>11.1f} {r['peak_rss_gb']:>12.2f} {vs_int4:>14} {vs_bf16:>8}")
+        prefill = "-" if r["prefill_ms"] is None else f"{r['prefill_ms']:.1f}"
+        rss = "-" if r["peak_rss_gb"] is None else f"{r['peak_rss_gb']:.2f}"
+        lines.append(f"{r['config']:<21} {r['backend']:>16} {r['ms_per_token']:>10.2f} {r['tokens_per_s']:>9.2f} "
+                     f"{prefill:>11} {rss:>12} {vs_int4:>14} {vs_bf16:>8}")
     return "\n".join(lines)
