@@ -151,6 +151,9 @@ def load_model(ckpt: str | Path, backend: str = "auto", path: str = "w4a16") -> 
         raise FormatError(f"{ckpt}: the checkpoint lacks {missing[:3]}")
     if record["recipe"] is not None:
         model.nmq_recipe = Recipe.from_dict(record["recipe"])
+    for m in model.modules():
+        if isinstance(m, NMQLinear):
+            m.prepack()
     return model.eval()
 
 

@@ -45,14 +45,21 @@ class NMQLinear(torch.nn.Module):
         if path is not None:
             self.path = check_path(path)
 
+    def prepack(self, device: str = "cpu", batch: int = 1) -> None:
+        """Build the backend's layout now (at load), not at the first forward."""
+        self._packed_for(get_backend(self.backend, device, batch))
+
+    def _packed_for(self, backend) -> Any:
+        packed = self._packed.get(backend.name)
+        if packed is None:
+            packed = self._packed[backend.name] = backend.prepack(self.nmq_weight)
+        return packed
+
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         lead = x.shape[:-1]
         x2 = x.reshape(-1, x.shape[-1])
         backend = get_backend(self.backend, x.device.type, x2.shape[0])
-        packed = self._packed.get(backend.name)
-        if packed is None:
-            packed = self._packed[backend.name] = backend.prepack(self.nmq_weight)
-        y = backend.matmul(x2, packed, self.path)
+        y = backend.matmul(x2, self._packed_for(backend), self.path)
         if self.bias is not None:
             y = y + self.bias.float()
         return y.to(x.dtype).reshape(*lead, self.out_features)

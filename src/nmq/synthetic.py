@@ -92,4 +92,7 @@ def llama_model(shape: dict, recipe: Recipe | None, seed: int = 0, dtype: torch.
             parent, _, leaf = name.rpartition(".")
             setattr(model.get_submodule(parent), leaf, torch.nn.Parameter(value, requires_grad=False))
     materialize_buffers(model)
+    for m in model.modules():
+        if isinstance(m, NMQLinear):
+            m.prepack()
     return model.eval()
