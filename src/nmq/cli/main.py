@@ -183,11 +183,11 @@ def cmd_compress(args: argparse.Namespace) -> int:
         model, source_dir = load_source(args.source, progress=not args.quiet)
         if recipe.needs_calibration:
             from ..calibrate import Calibration, calibration_tokens, compress_model_calibrated
-            from ..text import load_tokenizer
+            from ..text import ByteTokenizer, load_tokenizer
 
             cal = Calibration(samples=args.samples, seq_len=args.seq_len, text=args.calibration)
             tok = load_tokenizer(source_dir, model.config.vocab_size)
-            tokens = calibration_tokens(cal, None if tok.__class__.__name__ == "ByteTokenizer" else tok)
+            tokens = calibration_tokens(cal, None if isinstance(tok, ByteTokenizer) else tok)
             compress_model_calibrated(model, recipe, tokens, batch=cal.batch, progress=not args.quiet)
         else:
             compress_model(model, recipe, progress=not args.quiet)
@@ -214,23 +214,16 @@ def cmd_eval(args: argparse.Namespace) -> int:
 
     import torch
 
-    from ..checkpoint import load_model
     from ..corpus import heldout_path
     from ..evaluate import perplexity
-    from ..model import load_source
-    from ..text import load_tokenizer
 
     path = Path(args.perplexity) if args.perplexity else heldout_path()
     if not path.is_file():
         raise NMQError(f"--perplexity {path}: no such text file")
-    if (Path(args.model) / "nmq.json").exists():
-        model, directory = load_model(args.model, backend=args.backend), Path(args.model)
-    else:
-        model, directory = load_source(args.model, progress=not args.quiet)
+    model, tok = load_any(args.model, args.backend, progress=not args.quiet)
     text = path.read_bytes()
     if args.max_bytes:
         text = text[: args.max_bytes]
-    tok = load_tokenizer(directory, model.config.vocab_size)
     ids = torch.tensor(tok.encode(text), dtype=torch.long)
     r = perplexity(model, ids, window=args.window, stride=args.stride, progress=not args.quiet)
     record = {"model": str(args.model), "text": str(path), "perplexity": r.perplexity, "bits_per_token": r.bits_per_token,
