@@ -182,6 +182,25 @@ def test_bf16_and_fp16_activations(backend, rng):
         assert torch.equal(cpu.partial_sums(xd, packed), p_ref)
 
 
+@pytest.mark.parametrize("group", [32, 128, -1])
+@pytest.mark.parametrize("symmetric", [True, False])
+def test_bf16_activations_on_every_level(level, backend, rng, group, symmetric):
+    # On CPUs with AVX512_BF16, 2:4 with bf16 activations runs on bf16 dot
+    # products (the activations are exact, products exact, sums fp32).
+    for out, k in ((48, 512), (21, 200)):
+        if group != -1 and k % group:
+            continue
+        for pattern in ((2, 4), (4, 4)):
+            t = _weight(out, k, pattern, 4, group, symmetric, rng)
+            packed = backend.prepack(t)
+            for tokens in (1, 3, 13):
+                x = _acts(tokens, k, rng).to(torch.bfloat16)
+                want = x.float() @ t.to_dense().T
+                got = backend.matmul(x, packed, "w4a16")
+                err = float((got - want).norm() / want.norm())
+                assert err <= W16_TOL, f"{pattern} {out}x{k} tokens {tokens}: relative error {err:.2e}"
+
+
 def test_non_contiguous_and_misaligned_inputs(backend, rng):
     t = _weight(40, 200, (2, 4), 4, 64, False, rng)
     packed = backend.prepack(t)

@@ -136,3 +136,22 @@ def test_bad_checkpoints(ckpt, tmp_path):
 def test_unknown_sources():
     with pytest.raises(ModelError, match="neither a directory nor a built-in"):
         load_source("no-such-model")
+
+
+def test_released_source_keeps_the_packed_form_only(rng, tmp_path):
+    from nmq.errors import BackendError
+    from nmq.synthetic import SHAPES, llama_model
+
+    model = llama_model(SHAPES["tiny"], nmq.Recipe(pattern="2:4", group_size=128), backend="reference",
+                        release_source=True)
+    layer = model.model.layers[0].mlp.down_proj
+    assert layer.nmq_weight is None and "pattern=2:4" in repr(layer)
+    ids = torch.tensor([[1, 2, 3]])
+    kept = llama_model(SHAPES["tiny"], nmq.Recipe(pattern="2:4", group_size=128), backend="reference")
+    assert torch.equal(model(ids).logits, kept(ids).logits)  # same seed, same weights
+    layer.set_backend("cpu")
+    with pytest.raises(BackendError, match="release_source"):
+        layer(torch.randn(1, layer.in_features))
+    with pytest.raises(ModelError, match="release_source"):
+        nmq.save_checkpoint(model, tmp_path / "ck")
+    assert not (tmp_path / "ck").exists()

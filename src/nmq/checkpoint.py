@@ -53,6 +53,10 @@ def save_checkpoint(
 ) -> Path:
     """Write ``model`` (with NMQLinear layers) as a checkpoint directory."""
     compressed = {n: m.nmq_weight for n, m in model.named_modules() if isinstance(m, NMQLinear)}
+    released = [n for n, t in compressed.items() if t is None]
+    if released:
+        raise ModelError(f"layer {released[0]} kept only its packed form (release_source); "
+                       "save the model before releasing, or reload it")
     dense: dict[str, torch.Tensor] = {}
     tied: dict[str, str] = {}
     seen: dict[tuple, str] = {}

@@ -15,6 +15,7 @@ import torch
 
 from .backends import check_path, get_backend
 from .compress import compress_weight
+from .errors import BackendError
 from .tensor import NMQTensor
 
 
@@ -25,8 +26,9 @@ class NMQLinear(torch.nn.Module):
         self, weight: NMQTensor, bias: torch.Tensor | None = None, backend: str = "auto", path: str = "w4a16"
     ) -> None:
         super().__init__()
-        self.nmq_weight = weight
+        self.nmq_weight: NMQTensor | None = weight
         self.in_features, self.out_features = weight.in_features, weight.out_features
+        self._format = f"pattern={weight.pattern}, bits={weight.bits}, group_size={weight.group_size}"
         self.bias = None if bias is None else torch.nn.Parameter(bias.detach().clone(), requires_grad=False)
         self.backend = backend
         self.path = check_path(path)
@@ -49,9 +51,24 @@ class NMQLinear(torch.nn.Module):
         """Build the backend's layout now (at load), not at the first forward."""
         self._packed_for(get_backend(self.backend, device, batch))
 
+    def release_source(self) -> None:
+        """Free the NMQTensor and keep only the packed forms built so far.
+
+        For inference-only models where memory counts: the layer then runs on
+        the backends it was packed for, and saving it or running it on another
+        backend fails with a clear error.
+        """
+        if not self._packed:
+            raise BackendError("release_source() needs a packed form: call prepack() first")
+        self.nmq_weight = None
+
     def _packed_for(self, backend) -> Any:
         packed = self._packed.get(backend.name)
         if packed is None:
+            if self.nmq_weight is None:
+                raise BackendError(
+                    f"this layer kept only its {', '.join(self._packed)} form (release_source); backend "
+                    f"{backend.name!r} needs the NMQTensor: reload the model")
             packed = self._packed[backend.name] = backend.prepack(self.nmq_weight)
         return packed
 
@@ -65,8 +82,7 @@ class NMQLinear(torch.nn.Module):
         return y.to(x.dtype).reshape(*lead, self.out_features)
 
     def extra_repr(self) -> str:
-        t = self.nmq_weight
         return (
             f"in_features={self.in_features}, out_features={self.out_features}, bias={self.bias is not None}, "
-            f"pattern={t.pattern}, bits={t.bits}, group_size={t.group_size}, backend={self.backend}, path={self.path}"
+            f"{self._format}, backend={self.backend}, path={self.path}"
         )

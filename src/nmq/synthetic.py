@@ -64,11 +64,14 @@ def random_nmq_tensor(out: int, k: int, pattern: Pattern, bits: int, group_size:
 
 
 def llama_model(shape: dict, recipe: Recipe | None, seed: int = 0, dtype: torch.dtype = torch.float32,
-                backend: str = "auto") -> torch.nn.Module:
+                backend: str = "auto", release_source: bool = False) -> torch.nn.Module:
     """A LlamaForCausalLM of the given shape with random weights.
 
     With ``recipe`` the selected linear layers are random NMQTensors (no dense
-    copy is ever made); without it every weight is dense in ``dtype``.
+    copy is ever made), each packed for ``backend`` as it is made; with
+    ``release_source`` only the packed form is kept (inference-only, about half
+    the memory). Without ``recipe`` every weight is dense in ``dtype``; the
+    weights that stay dense are in ``dtype`` either way.
     """
     from transformers import LlamaConfig, LlamaForCausalLM
 
@@ -82,7 +85,12 @@ def llama_model(shape: dict, recipe: Recipe | None, seed: int = 0, dtype: torch.
         if name in compressed:
             t = random_nmq_tensor(module.out_features, module.in_features, pattern, recipe.bits, recipe.group_size,
                                   recipe.symmetric, recipe.metadata, gen)
-            set_submodule(model, name, NMQLinear(t, backend=backend))
+            layer = NMQLinear(t, backend=backend)
+            layer.prepack()
+            if release_source:
+                layer.release_source()
+            del t
+            set_submodule(model, name, layer)
     for name, p in list(model.named_parameters()):
         if p.is_meta:
             if name.endswith("norm.weight") or ".norm" in name or "layernorm" in name:
@@ -92,7 +100,4 @@ def llama_model(shape: dict, recipe: Recipe | None, seed: int = 0, dtype: torch.
             parent, _, leaf = name.rpartition(".")
             setattr(model.get_submodule(parent), leaf, torch.nn.Parameter(value, requires_grad=False))
     materialize_buffers(model)
-    for m in model.modules():
-        if isinstance(m, NMQLinear):
-            m.prepack()
     return model.eval()

@@ -28,7 +28,9 @@ True
 
 from __future__ import annotations
 
+import ctypes
 import math
+import mmap
 import os
 from dataclasses import dataclass
 
@@ -53,7 +55,7 @@ except ImportError as exc:  # pragma: no cover - depends on the build
 
 KIND_24, KIND_48, KIND_14, KIND_DENSE = 1, 2, 3, 4
 ROWS, PAIR_K = 16, 8
-_GEOMETRY = {KIND_24: (32, 16), KIND_48: (32, 16), KIND_14: (16, 8), KIND_DENSE: (64, 0)}
+_GEOMETRY = {KIND_24: (32, 12), KIND_48: (32, 16), KIND_14: (16, 8), KIND_DENSE: (64, 0)}
 _ISA_APPLIED: str | None = None
 
 
@@ -120,6 +122,19 @@ class CpuPacked:
     buffers: tuple[torch.Tensor, ...]
     max_abs_weight: int
     group: int
+    handle: object = None  # the extension's FastWeight/GenericWeight over the buffers
+
+    def __post_init__(self) -> None:
+        if self.handle is None:
+            cls = _ext.FastWeight if self.fast else _ext.GenericWeight
+            self.handle = cls(*self.buffers, self.params)
+
+    def __getstate__(self):
+        return {k: v for k, v in self.__dict__.items() if k != "handle"}
+
+    def __setstate__(self, state):
+        self.__dict__.update(state, handle=None)
+        self.__post_init__()
 
     @property
     def out_features(self) -> int:
@@ -128,6 +143,12 @@ class CpuPacked:
     @property
     def in_features(self) -> int:
         return self.shape[1]
+
+    def copy(self) -> "CpuPacked":
+        """An independent copy, in its own (huge-page) memory like the original."""
+        own = _hugepage_copy(tuple(b.clone() for b in self.buffers[:4]))
+        return CpuPacked(self.shape, self.groups, self.fast, list(self.params), own + self.buffers[4:],
+                         self.max_abs_weight, self.group)
 
     @property
     def nbytes(self) -> int:
@@ -203,18 +224,7 @@ def _pack_fast(t: NMQTensor, kind: int) -> CpuPacked:
 
     codes = t.codes().to(torch.uint8)  # [out, kept]
     if kind == KIND_24:
-        # Every row's 4 kept codes of a pair-step in ascending K (the canonical
-        # order), and one byte of four 2-bit in-group positions; padding rows and
-        # K keep positions 0 and 1 with code 0 (against zero activations).
-        code = torch.zeros(outp, kk // 2, dtype=torch.uint8)
-        pos = torch.zeros(outp, kk // 4, 2, dtype=torch.uint8)
-        pos[..., 1] = 1
-        code[:out, : t.kept_per_row] = codes
-        pos[:out, : t.padded_in // 4] = t.group_positions().to(torch.uint8)
-        code = code.reshape(blocks, ROWS, pairs, 4).permute(0, 2, 1, 3).reshape(blocks * pairs, 64)
-        vals = code[:, :32] | (code[:, 32:] << 4)
-        pos = pos.reshape(blocks, ROWS, pairs, 4).permute(0, 2, 1, 3).to(torch.int32)
-        meta = (pos << (2 * torch.arange(4, dtype=torch.int32))).sum(-1).to(torch.uint8).reshape(blocks * pairs, 16)
+        vals, meta = _pack24(codes, t.group_positions().to(torch.uint8), out, blocks, pairs)
     elif kind == KIND_48:
         # Keep mask and codes at dense positions; padding rows keep the first N
         # of each M-group (with code 0) so every pair-step holds exactly 64 codes.
@@ -263,7 +273,46 @@ def _pack_fast(t: NMQTensor, kind: int) -> CpuPacked:
     params = [kind, out, blocks, kk, group, groups, steps, vbytes, mbytes, int(t.symmetric), t.in_features]
     bufs = (vals.contiguous().reshape(-1), meta.contiguous().reshape(-1), scales.reshape(-1).view(torch.int16),
             zeros.reshape(-1))
-    return CpuPacked(tuple(t.shape), groups, True, params, bufs, _max_abs_weight(t), group)
+    return CpuPacked(tuple(t.shape), groups, True, params, _hugepage_copy(bufs), _max_abs_weight(t), group)
+
+
+# 2:4 kept-position pairs inside a 4-group by 3-bit rank (colex order).
+_PAIRS24 = ((0, 1), (0, 2), (1, 2), (0, 3), (1, 3), (2, 3))
+# Byte order of a row's four kept codes in its 32-bit lane: code 0, 2, 1, 3, so
+# that the lane read as two 16-bit words holds codes (0, 1) and, shifted right
+# by 8 bits, codes (2, 3): the pairs a bf16 dot product instruction takes.
+_SLOT_CODE = (0, 2, 1, 3)
+QUAD24 = 48  # metadata bytes of 4 pair-steps of a 2:4 row block
+
+
+def _pack24(codes: torch.Tensor, gpos: torch.Tensor, out: int, blocks: int, pairs: int):
+    """The 2:4 fast layout (see kernels.h): codes [out, kept], positions [out, K/4, 2]."""
+    outp = blocks * ROWS
+    code = torch.zeros(outp, pairs, 4, dtype=torch.uint8)
+    code.view(outp, -1)[:out, : codes.shape[1]] = codes
+    rank = torch.zeros(outp, pairs * 2, dtype=torch.uint8)
+    lut = torch.zeros(4, 4, dtype=torch.uint8)
+    for r, (a, b) in enumerate(_PAIRS24):
+        lut[a, b] = r
+    rank[:out, : gpos.shape[1]] = lut[gpos[..., 0].long(), gpos[..., 1].long()]
+    # Values: per pair-step 4 qwords; qword u holds rows 2u, 2u+1, 2u+8, 2u+9
+    # (h = 0..3), 16 bits each, the codes in slot order.
+    code = code[..., list(_SLOT_CODE)].reshape(blocks, 2, 4, 2, pairs, 4)  # [b, hi, u, e, pair, slot]
+    nib = code.permute(0, 4, 2, 1, 3, 5).reshape(blocks * pairs, 64)  # [b, pair, u, (hi, e) = h, slot]
+    vals = nib[:, 0::2] | (nib[:, 1::2] << 4)
+    # Metadata: per row and pair-step 6 bits (rank of the first 4-group, then
+    # of the second); per quad of pair-steps 8 row pairs x 48 bits, bit
+    # 12 * step + 6 * row-in-pair.
+    quads = -(-pairs // 4)
+    field = torch.zeros(outp, quads * 4, dtype=torch.int64)
+    rank = rank.reshape(outp, pairs, 2).long()
+    field[:, :pairs] = rank[..., 0] | (rank[..., 1] << 3)
+    field = field.reshape(blocks, 8, 2, quads, 4).permute(0, 3, 1, 4, 2).reshape(blocks, quads, 8, 8)
+    word = (field << (6 * torch.arange(8))).sum(-1)  # 48 bits per row pair
+    meta = ((word.unsqueeze(-1) >> (8 * torch.arange(6))) & 0xFF).to(torch.uint8).reshape(-1)
+    # 16 spare bytes: kernels read a quad's row pairs as 8-byte words.
+    meta = torch.cat([meta, torch.zeros(16, dtype=torch.uint8)])
+    return vals.reshape(-1), meta
 
 
 def _pack_generic(t: NMQTensor) -> CpuPacked:
@@ -280,8 +329,43 @@ def _pack_generic(t: NMQTensor) -> CpuPacked:
     zeros = t.zeros.contiguous() if t.zeros is not None else torch.zeros(0, dtype=torch.uint8)
     params = [t.out_features, t.in_features, t.padded_in, p.n, p.m, t.bits, t.group, t.groups, meta_kind, width,
               int(t.symmetric)]
-    bufs = (t.values.contiguous(), t.meta.contiguous(), t.scales.contiguous().view(torch.int16), zeros, table)
-    return CpuPacked(tuple(t.shape), t.groups, False, params, bufs, _max_abs_weight(t), t.group)
+    bufs = _hugepage_copy((t.values.contiguous(), t.meta.contiguous(), t.scales.contiguous().view(torch.int16), zeros))
+    return CpuPacked(tuple(t.shape), t.groups, False, params, bufs + (table,), _max_abs_weight(t), t.group)
+
+
+HUGE_PAGE = 2 << 20
+
+
+def _hugepage_copy(bufs: tuple[torch.Tensor, ...]) -> tuple[torch.Tensor, ...]:
+    """The buffers copied into one anonymous mapping that asks for transparent
+    huge pages (Linux, layers of 2 MiB or more).
+
+    The kernels stream a layer's bytes once per token; the hardware prefetchers
+    stop at every 4 KiB page boundary, so on 4 KiB pages a core reads well
+    below the memory's bandwidth (here ~37 GB/s against ~60 GB/s on huge
+    pages). Only whole 2 MiB pages are asked for: the tail stays on small pages
+    and costs no memory.
+    """
+    sizes = [b.numel() * b.element_size() for b in bufs]
+    offsets, total = [], 0
+    for n in sizes:
+        offsets.append(total)
+        total += -(-n // 64) * 64
+    if total < HUGE_PAGE or not hasattr(mmap, "MADV_HUGEPAGE"):
+        return bufs
+    mm = mmap.mmap(-1, total + HUGE_PAGE, flags=mmap.MAP_PRIVATE | mmap.MAP_ANONYMOUS)
+    start = -ctypes.addressof(ctypes.c_char.from_buffer(mm)) % HUGE_PAGE
+    try:
+        mm.madvise(mmap.MADV_HUGEPAGE, start, total // HUGE_PAGE * HUGE_PAGE)
+    except OSError:  # THP disabled: small pages still work
+        pass
+    raw = torch.frombuffer(mm, dtype=torch.uint8)  # keeps the mapping alive
+    out = []
+    for b, n, o in zip(bufs, sizes, offsets):
+        view = raw[start + o : start + o + n].view(b.dtype).view(b.shape)
+        view.copy_(b)
+        out.append(view)
+    return tuple(out)
 
 
 _TABLES: dict[tuple[int, int], torch.Tensor] = {}
@@ -322,20 +406,14 @@ def _run(x: torch.Tensor, packed: CpuPacked, path: str, partials: bool) -> tuple
             f"a W4A8 partial sum of weight {list(packed.shape)} could overflow int32 (group of {packed.group}); "
             "use a smaller group size")
     bf16 = x.dtype == torch.bfloat16
-    if bf16:
-        xa = x.contiguous().view(torch.int16)
-    else:
-        xa = x.to(torch.float32).contiguous()
-    tokens, out = x.shape[0], packed.out_features
-    y = torch.empty(tokens, out, dtype=torch.float32)
-    p = torch.empty(tokens, out, packed.groups, dtype=torch.int32) if partials else torch.zeros(0, dtype=torch.int32)
-    if packed.fast:
-        vals, meta, scales, zeros = packed.buffers
-        _ext.fast_matmul(xa, bf16, vals, meta, scales, zeros, packed.params, w4a8, y, p)
-    else:
-        values, meta, scales, zeros, table = packed.buffers
-        _ext.generic_matmul(xa, bf16, values, meta, scales, zeros, table, packed.params, w4a8, y, p)
-    return y, (p if partials else None)
+    xa = x.contiguous() if bf16 else x.to(torch.float32).contiguous()
+    tokens = x.shape[0]
+    y = torch.empty(tokens, packed.out_features, dtype=torch.float32)
+    p = torch.empty(tokens, packed.out_features, packed.groups, dtype=torch.int32) if partials else None
+    # The extension takes addresses: xa, y and p are contiguous CPU tensors of
+    # the shapes it expects, and stay alive for the call.
+    packed.handle.run(xa.data_ptr(), bf16, tokens, w4a8, y.data_ptr(), p.data_ptr() if partials else 0)
+    return y, p
 
 
 __all__ = ["CpuBackend", "CpuPacked", "fast_kind", "get_isa", "get_threads", "isa_levels", "partial_sums",

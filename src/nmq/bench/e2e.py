@@ -3,7 +3,9 @@
 Each configuration runs in a process of its own (``--one``), so peak RSS is
 that configuration's alone. Models are built with random weights directly in
 their final form (:mod:`nmq.synthetic`): compressed configurations never hold
-a dense copy. Timing: a random prompt is prefilled, then ``--new-tokens``
+a dense copy, and keep each linear layer in its backend's packed form only.
+Everything that stays dense (embeddings, norms, ``lm_head``) and the
+activations are bf16 in every configuration. Timing: a random prompt is prefilled, then ``--new-tokens``
 tokens are decoded one by one with the KV cache; ``ms_per_token`` is the
 median decode step.
 """
@@ -51,7 +53,9 @@ def run_one(config: str, model_name: str, prompt_tokens: int, new_tokens: int, b
         model = llama_model(SHAPES[model_name], None, dtype=dtype)
         used = "torch"
     else:
-        model = llama_model(SHAPES[model_name], Recipe(pattern=pattern, bits=4, group_size=128), backend=backend)
+        # bf16 like the baseline: embeddings, norms, lm_head and activations.
+        model = llama_model(SHAPES[model_name], Recipe(pattern=pattern, bits=4, group_size=128), backend=backend,
+                            dtype=torch.bfloat16, release_source=True)
         from ..backends import get_backend
 
         used = get_backend(backend, "cpu", 1).name

@@ -4,11 +4,14 @@ One process, the same activations for every kernel, weights rotated over
 ``--layers`` copies of every matrix so the working set does not sit in the
 last-level cache (DESIGN.md section 6). Every figure is the median over
 ``--runs`` passes (after ``--warmup`` passes) of the time to run all shapes of
-all layers once; kernels are interleaved pass by pass so that a noisy
+all layers once, right after an untimed pass of the same row (steady state,
+as in decoding); kernels are interleaved pass by pass so that a noisy
 neighbour slows all of them alike.
 
 Kernels: ``nmq-2:4-int4``, ``nmq-4:8-int4``, ``nmq-1:4-int4``,
-``nmq-dense-int4`` (both numeric paths), ``torch-fp32``, ``torch-bf16``,
+``nmq-dense-int4`` (both numeric paths: ``w4a16`` takes bf16 activations,
+like ``torch-bf16`` and ``torch-int4pack``, and accumulates in fp32; ``w4a8``
+quantizes them to int8 per group of 128), ``torch-fp32``, ``torch-bf16``,
 ``torch-int4pack`` (``torch.ops.aten._weight_int4pack_mm_for_cpu``, group 128)
 and ``ort-matmulnbits`` (ONNX Runtime ``MatMulNBits``, 4 bits, block 128,
 accuracy level 4: int8 activations, i.e. the ``w4a8`` path), when the optional
@@ -160,8 +163,13 @@ def run_kernels(args: argparse.Namespace) -> int:
             for r in batch_rows:
                 # Thread pools (ONNX Runtime's, OpenMP's, nmq's) spin for a while
                 # after their work: let them go idle so no row pays for the
-                # previous row's spinning.
+                # previous row's spinning. Then one untimed pass wakes the row's
+                # threads and cores (idle cores of a VM restart slowly, which
+                # would add milliseconds to a pass), and the next pass is timed:
+                # steady state, as when a model's layers run back to back.
+                # Both passes stream all layers, far more than the caches hold.
                 time.sleep(0.02)
+                r.fn()
                 t0 = time.perf_counter()
                 r.fn()
                 r.times.append(time.perf_counter() - t0)
@@ -267,7 +275,9 @@ class _Weights:
         rows = []
         for b in batches:
             for path in paths:
-                pairs = [(inputs[b][i], p) for i, p in mats]
+                dt = torch.bfloat16 if path == "w4a16" else torch.float32
+                xs = {k: x.to(dt) for k, x in inputs[b].items()}
+                pairs = [(xs[i], p) for i, p in mats]
 
                 def fn(pairs=pairs, path=path):
                     for x, p in pairs:
@@ -367,8 +377,7 @@ def _copy(obj):
     if isinstance(obj, tuple):
         return tuple(_copy(o) for o in obj)
     if isinstance(obj, CpuPacked):
-        return CpuPacked(obj.shape, obj.groups, obj.fast, list(obj.params), tuple(b.clone() for b in obj.buffers),
-                         obj.max_abs_weight, obj.group)
+        return obj.copy()
     raise TypeError(type(obj))
 
 

@@ -20,10 +20,22 @@ constexpr int PAIR_K = 8;  // K covered by one pair-step (two 16x4 byte domains)
 // domain order, byte b holding code b in its low nibble and code b + half in
 // its high nibble) and `mbytes` of metadata (two 64-bit keep masks for 4:8,
 // two 32-bit sets of 2-bit positions for 1:4, nothing when dense).
-// 2:4 is laid out for gathering activations instead of scattering weights:
-// its 64 codes are the 4 kept codes of each row in the pair-step's 8 K (row
-// r's in bytes 4r..4r+3 after unpacking), and its metadata is one byte per
-// row holding their four 2-bit positions inside their 4-groups.
+//
+// 2:4 is laid out for gathering activations instead of scattering weights, and
+// as compactly as the format's rank metadata (2.875 bits per weight with fp16
+// scales of 128). A row keeps 4 codes per pair-step; in its 32-bit lane they
+// sit in slot order 0, 2, 1, 3 (so the lane's two 16-bit words hold codes 0, 1
+// and, shifted right by 8, codes 2, 3). Values, 32 bytes per pair-step: qword
+// u (0..3) holds rows 2u, 2u+1, 2u+8, 2u+9 (h = 0..3) at bits 16h + 4 * slot,
+// which one vpmultishiftqb turns into row lanes. Metadata, per row and
+// pair-step 6 bits: the rank (0..5, colex) of the kept pair in 4-group A, then
+// in B; per row block, quads of 4 pair-steps (48 bytes, global pair-step t in
+// quad t / 4 at e = t % 4) hold row pair P's 48 bits at byte 6P, the field of
+// row 2P + f at bit 12e + 6f. The buffer ends with 16 spare bytes.
+constexpr int QUAD24 = 48;
+static const uint8_t PAIR24[8][2] = {{0, 1}, {0, 2}, {1, 2}, {0, 3}, {1, 3}, {2, 3}, {0, 1}, {0, 1}};
+static const uint8_t SLOT_CODE[4] = {0, 2, 1, 3};  // slot -> kept code index j
+
 struct FastLayout {
   int kind = 0;
   int out = 0;        // logical rows
@@ -82,6 +94,7 @@ struct ActF {
   int group = 0;
   const float* x = nullptr;     // [tokens][kk], zero padded
   const float* xsum = nullptr;  // [tokens][groups]
+  const uint16_t* xb = nullptr; // bf16 activations [tokens][kk] when given in bf16, else null
 };
 
 struct Ops {
@@ -93,6 +106,8 @@ struct Ops {
   // [tokens][out][groups].
   void (*fast_w4a8)(const FastLayout& L, const Act8& a, int b0, int b1, float* y, int32_t* P);
   void (*fast_w4a16)(const FastLayout& L, const ActF& a, int b0, int b1, float* y);
+  // bf16 activations (a.xb) with bf16 dot products; null where the CPU lacks them.
+  void (*fast_w4a16_bf16)(const FastLayout& L, const ActF& a, int b0, int b1, float* y);
   // Rows [r0, r1) of the canonical layout.
   void (*generic_w4a8)(const GenericLayout& L, const Act8& a, int r0, int r1, float* y, int32_t* P);
   void (*generic_w4a16)(const GenericLayout& L, const ActF& a, int r0, int r1, float* y);
@@ -101,5 +116,6 @@ struct Ops {
 const Ops* ops_portable();
 const Ops* ops_avx2();
 const Ops* ops_avx512();
+bool cpu_has_avx512_bf16();
 
 }  // namespace nmq

@@ -42,19 +42,51 @@ static NMQ_INLINE void zeros8(const FastLayout& L, size_t blk, __m256i zd[2], __
   zf[1] = _mm256_mullo_epi32(zd[1], _mm256_set1_epi32(0x01010101));
 }
 
-// Gather indices of 8 rows of a 2:4 pair-step: byte j of row r's dword is the
-// position of its code j in the pair-step's 8 K.
-static NMQ_INLINE __m256i index24(const uint8_t* m) {
-  const __m256i d = _mm256_cvtepu8_epi32(_mm_loadl_epi64(reinterpret_cast<const __m128i*>(m)));
-  __m256i spread = _mm256_or_si256(d, _mm256_slli_epi32(d, 6));  // bits 2j.. -> byte j
-  spread = _mm256_or_si256(spread, _mm256_slli_epi32(spread, 12));
-  return _mm256_or_si256(_mm256_and_si256(spread, _mm256_set1_epi8(3)), _mm256_set1_epi32(0x04040000));
+// One 2:4 pair-step (layout in kernels.h) as row lanes: codes in slot order
+// (cw[0] rows 0..7, cw[1] rows 8..15) and, byte for byte, the K positions
+// (0..7) they meet. The codes are spread with one vpshufb per half; the gather
+// positions come from a 64-entry table of the 6-bit metadata fields.
+static NMQ_INLINE void decode24(const uint8_t* v, const uint8_t* quad, int e, __m256i cw[2], __m256i ix[2]) {
+  alignas(32) static const struct Tables {
+    uint8_t ctl[2][32];
+    uint32_t pos[64];
+    Tables() {
+      for (int half = 0; half < 2; ++half)
+        for (int l = 0; l < 2; ++l)
+          for (int r = 0; r < 4; ++r) {
+            const int b0 = 8 * (r >> 1) + 2 * (2 * half + (r & 1));
+            uint8_t* c = &ctl[half][16 * l + 4 * r];
+            c[0] = c[1] = uint8_t(b0);
+            c[2] = c[3] = uint8_t(b0 + 1);
+          }
+      for (int f = 0; f < 64; ++f) {
+        const int ra = f & 7, rb = f >> 3;
+        pos[f] = uint32_t(PAIR24[ra][0]) | uint32_t(4 + PAIR24[rb][0]) << 8 | uint32_t(PAIR24[ra][1]) << 16 |
+                 uint32_t(4 + PAIR24[rb][1]) << 24;
+      }
+    }
+  } tab;
+  const __m256i x = _mm256_loadu_si256(reinterpret_cast<const __m256i*>(v));
+#pragma GCC unroll 2
+  for (int half = 0; half < 2; ++half) {
+    const __m256i t = _mm256_shuffle_epi8(x, _mm256_load_si256(reinterpret_cast<const __m256i*>(tab.ctl[half])));
+    cw[half] = _mm256_or_si256(_mm256_and_si256(t, _mm256_set1_epi16(0x000F)),
+                               _mm256_and_si256(_mm256_srli_epi16(t, 4), _mm256_set1_epi16(0x0F00)));
+  }
+  alignas(32) uint32_t idx[16];
+  for (int p = 0; p < 8; ++p) {
+    const uint64_t w = load64(quad + 6 * p) >> (12 * e);
+    idx[2 * p] = tab.pos[w & 63];
+    idx[2 * p + 1] = tab.pos[(w >> 6) & 63];
+  }
+  ix[0] = _mm256_load_si256(reinterpret_cast<const __m256i*>(idx));
+  ix[1] = _mm256_load_si256(reinterpret_cast<const __m256i*>(idx + 8));
 }
 
 template <int KIND>
 struct Geometry {
   static constexpr int VB = KIND == KIND_DENSE ? 64 : KIND == KIND_14 ? 16 : 32;
-  static constexpr int MB = KIND == KIND_DENSE ? 0 : KIND == KIND_14 ? 8 : 16;
+  static constexpr int MB = KIND == KIND_DENSE ? 0 : KIND == KIND_14 ? 8 : KIND == KIND_24 ? 12 : 16;
 };
 
 // The four 8-row x 4-K byte domains of a pair-step (A rows 0..7, A rows 8..15,
@@ -127,10 +159,12 @@ static void w4a8_tile(const FastLayout& L, const Act8& a, int b, int t0, float* 
     for (int s = 0; s < S; ++s) {
       const int k = k0 + s * 8;
       if constexpr (KIND == KIND_24) {
-        const __m256i c = _mm256_loadu_si256(reinterpret_cast<const __m256i*>(v + size_t(s) * VB));
-        const __m256i w0 = _mm256_sub_epi8(_mm256_and_si256(c, low), zf[0]);
-        const __m256i w1 = _mm256_sub_epi8(_mm256_and_si256(_mm256_srli_epi16(c, 4), low), zf[1]);
-        const __m256i i0 = index24(m + size_t(s) * MB), i1 = index24(m + size_t(s) * MB + 8);
+        const int t24 = g * S + s;
+        __m256i c[2], ix[2];
+        decode24(v + size_t(s) * VB, L.meta + size_t(b) * meta24_stride(L) + (t24 / 4) * QUAD24, t24 % 4, c, ix);
+        const __m256i w0 = _mm256_sub_epi8(c[0], zf[0]);
+        const __m256i w1 = _mm256_sub_epi8(c[1], zf[1]);
+        const __m256i i0 = ix[0], i1 = ix[1];
         accw[0] = madd_u8s8(accw[0], ones, w0);
         accw[1] = madd_u8s8(accw[1], ones, w1);
 #pragma GCC unroll 8
@@ -241,11 +275,11 @@ static void w4a16_tile(const FastLayout& L, const ActF& a, int b, int t0, float*
       // dwords of 4 codes per row: [half][A/B] (dense) or [half] (2:4)
       __m256i cw[2][2], ix[2];
       if constexpr (KIND == KIND_24) {
-        const __m256i c = _mm256_loadu_si256(reinterpret_cast<const __m256i*>(v + size_t(s) * VB));
-        cw[0][0] = _mm256_and_si256(c, low);
-        cw[1][0] = _mm256_and_si256(_mm256_srli_epi16(c, 4), low);
-        ix[0] = index24(m + size_t(s) * MB);
-        ix[1] = index24(m + size_t(s) * MB + 8);
+        const int t24 = g * S + s;
+        __m256i c[2];
+        decode24(v + size_t(s) * VB, L.meta + size_t(b) * meta24_stride(L) + (t24 / 4) * QUAD24, t24 % 4, c, ix);
+        cw[0][0] = c[0];
+        cw[1][0] = c[1];
       } else {
         __m256i d[4];
         domains<KIND>(v + size_t(s) * VB, MB ? m + size_t(s) * MB : nullptr, z, d);
@@ -318,7 +352,7 @@ static void fast_w4a16_simd(const FastLayout& L, const ActF& a, int b0, int b1, 
 
 const Ops* ops_avx2() {
   static const Ops ops = {"avx2", avx2::quantize, avx2::group_sums, avx2::fast_w4a8_simd,
-                          avx2::fast_w4a16_simd, avx2::generic_w4a8, avx2::generic_w4a16};
+                          avx2::fast_w4a16_simd, nullptr, avx2::generic_w4a8, avx2::generic_w4a16};
   return &ops;
 }
 }  // namespace nmq

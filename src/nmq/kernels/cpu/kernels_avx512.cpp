@@ -1,4 +1,5 @@
-// The AVX-512 level (F, BW, VL, VNNI, VBMI, VBMI2).
+// The AVX-512 level (F, BW, VL, VNNI, VBMI, VBMI2; BF16 for one kernel, used
+// only where the CPU has it).
 //
 // Fast layout kernels keep one int32 (W4A8) or fp32 (W4A16) lane per weight
 // row, so no horizontal sums are needed. 2:4 gathers activations (see
@@ -134,6 +135,38 @@ static NMQ_INLINE void zero_vectors(const FastLayout& L, size_t blk, __m512i& zd
 static NMQ_INLINE __mmask16 row_mask(const FastLayout& L, int b) {
   int rows = std::min(ROWS, L.out - b * ROWS);
   return rows >= 16 ? __mmask16(0xFFFF) : __mmask16((1u << rows) - 1u);
+}
+
+// The activation quantizer of kernels_impl.h, 16 lanes at a time with the
+// very same fp32 operations (true division, round half to even, clamp), so
+// the codes are identical; max and integer sums do not depend on order.
+static void quantize16(const float* x, int t0, int t1, const Act8& a) {
+  for (int t = t0; t < t1; ++t) {
+    const float* xr = x + size_t(t) * a.kk;
+    int8_t* qr = const_cast<int8_t*>(a.q) + size_t(t) * a.kk;
+    for (int g = 0; g < a.groups; ++g) {
+      const float* xg = xr + size_t(g) * a.group;
+      __m512 amax = _mm512_setzero_ps();
+      for (int k = 0; k < a.group; k += 16) {
+        const __mmask16 m = a.group - k >= 16 ? __mmask16(0xFFFF) : __mmask16((1u << (a.group - k)) - 1u);
+        amax = _mm512_max_ps(amax, _mm512_abs_ps(_mm512_maskz_loadu_ps(m, xg + k)));
+      }
+      const float scale = _mm512_reduce_max_ps(amax) / 127.0f;
+      const __m512 div = _mm512_set1_ps(scale == 0.f ? 1.f : scale);
+      __m512i sum = _mm512_setzero_si512();
+      for (int k = 0; k < a.group; k += 16) {
+        const __mmask16 m = a.group - k >= 16 ? __mmask16(0xFFFF) : __mmask16((1u << (a.group - k)) - 1u);
+        __m512 r = _mm512_roundscale_ps(_mm512_div_ps(_mm512_maskz_loadu_ps(m, xg + k), div),
+                                        _MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC);
+        r = _mm512_min_ps(_mm512_set1_ps(127.f), _mm512_max_ps(_mm512_set1_ps(-127.f), r));
+        const __m512i q = _mm512_cvtps_epi32(r);
+        sum = _mm512_add_epi32(sum, q);
+        _mm_mask_storeu_epi8(qr + size_t(g) * a.group + k, m, _mm512_cvtepi32_epi8(q));
+      }
+      const_cast<float*>(a.scale)[size_t(t) * a.groups + g] = scale;
+      const_cast<int32_t*>(a.qsum)[size_t(t) * a.groups + g] = _mm512_reduce_add_epi32(sum);
+    }
+  }
 }
 
 template <int KIND, int TT>
@@ -279,27 +312,86 @@ static void w4a16_tile(const FastLayout& L, const ActF& a, int b, int t0, float*
 }
 
 // 2:4 gathers activations: each row keeps 4 of the pair-step's 8 K, so one
-// vpshufb per token fetches the 4 activations its codes meet, and the dot
-// products skip the dropped weights. The weights are centered first (code -
-// zero, signed) and the activations shifted to unsigned (q + 128), so
-//   sum((q + 128) * w) - 128 * sum(w) = sum(q * w),
-// with sum(w) a per-row dot product with ones that serves every token.
-static NMQ_INLINE __m512i gather_index24(const uint8_t* m) {
-  const __m512i mi = _mm512_cvtepu8_epi32(_mm_loadu_si128(reinterpret_cast<const __m128i*>(m)));
-  // byte j of row r's dword <- bits 2j..2j+1 of the row's metadata byte
-  const __m512i sel = _mm512_multishift_epi64_epi8(_mm512_set1_epi64(0x2624222006040200ll), mi);
-  // (sel & 3) | (4 for the second 4-group)
-  return _mm512_ternarylogic_epi32(sel, _mm512_set1_epi8(3), _mm512_set1_epi32(0x04040000), 0xEA);
+// byte or word shuffle per token fetches the 4 activations its codes meet, and
+// the dot products skip the dropped weights. One vpmultishiftqb spreads the
+// packed codes into row lanes; the metadata of a quad of pair-steps is moved
+// into place once (row pair P's 48 bits to qword P), after which one
+// vpmultishiftqb per pair-step picks each slot's 3-bit rank and one vpermb
+// turns rank and slot into the K position (layout in kernels.h).
+alignas(64) static const struct Tab24 {
+  uint8_t code_ctl[64], meta_perm[64], meta_ctl[4][64], slot_or[64], lut[64];
+  Tab24() {
+    for (int i = 0; i < 64; ++i) {
+      const int row = i / 4, slot = i % 4, q = row / 2;
+      code_ctl[i] = uint8_t(16 * ((row & 1) + 2 * (q >= 4)) + 4 * slot);
+      meta_perm[i] = uint8_t(i % 8 < 6 ? 6 * (i / 8) + i % 8 : 0);
+      for (int e = 0; e < 4; ++e) meta_ctl[e][i] = uint8_t(12 * e + 6 * (row & 1) + 3 * (slot & 1));
+      slot_or[i] = uint8_t(8 * slot);
+      const int ls = i / 8, rank = i % 8;
+      lut[i] = i < 32 ? uint8_t(4 * (ls & 1) + PAIR24[rank][ls >> 1]) : 0;
+    }
+  }
+} tab24;
+
+static NMQ_INLINE __m512i ld(const uint8_t* p) { return _mm512_load_si512(p); }
+
+// Row lanes of a pair-step's codes, each byte's low nibble the code of its slot.
+static NMQ_INLINE __m512i codes24(const uint8_t* v) {
+  return _mm512_multishift_epi64_epi8(
+      ld(tab24.code_ctl), _mm512_broadcast_i64x4(_mm256_loadu_si256(reinterpret_cast<const __m256i*>(v))));
+}
+
+static NMQ_INLINE __m512i quad24(const uint8_t* q) {
+  return _mm512_permutexvar_epi8(ld(tab24.meta_perm), _mm512_maskz_loadu_epi8(0x0000FFFFFFFFFFFFull, q));
+}
+
+// Byte slot of row r's lane: the K position (0..7) of that code.
+static NMQ_INLINE __m512i index24(__m512i quad, int e) {
+  const __m512i f = _mm512_multishift_epi64_epi8(ld(tab24.meta_ctl[e]), quad);
+  return _mm512_permutexvar_epi8(_mm512_ternarylogic_epi32(f, _mm512_set1_epi8(7), ld(tab24.slot_or), 0xEA),
+                                 ld(tab24.lut));
 }
 
 static NMQ_INLINE __m512i qword_bcast(const uint8_t* p) { return _mm512_set1_epi64(int64_t(load64(p))); }
 
+constexpr int PF_VALS = 1536, PF_META = 576;  // prefetch distances (bytes) of the 2:4 streams
+
+// Walks the pair-steps of one row block and group, keeping the current
+// metadata quad; fn(parity, k, codes, index) per pair-step, the parity of the
+// step a compile-time constant (accumulators alternate with it).
+template <typename Fn>
+static NMQ_INLINE void walk24(const FastLayout& L, int b, int g, Fn&& fn) {
+  const int S = L.steps;
+  const uint8_t* v = L.vals + (size_t(b) * L.groups + g) * S * 32;
+  const uint8_t* mb = L.meta + size_t(b) * meta24_stride(L);
+  const int t0 = g * S, k0 = g * L.group;
+  __m512i quad = quad24(mb + size_t(t0 / 4) * QUAD24);
+  auto step = [&](int s, auto parity) __attribute__((always_inline)) {
+    const int t = t0 + s;
+    if ((t & 3) == 0) {
+      if (s) quad = quad24(mb + size_t(t / 4) * QUAD24);
+      _mm_prefetch(reinterpret_cast<const char*>(mb + size_t(t / 4) * QUAD24 + PF_META), _MM_HINT_T0);
+    }
+    fn(parity, k0 + s * 8, codes24(v + size_t(s) * 32), index24(quad, t & 3));
+  };
+  int s = 0;
+  for (; s + 1 < S; s += 2) {
+    _mm_prefetch(reinterpret_cast<const char*>(v + size_t(s) * 32 + PF_VALS), _MM_HINT_T0);
+    step(s, std::integral_constant<int, 0>{});
+    step(s + 1, std::integral_constant<int, 1>{});
+  }
+  if (s < S) step(s, std::integral_constant<int, 0>{});
+}
+
+// W4A8: the weights are centered first (code - zero, signed) and the
+// activations shifted to unsigned (q + 128), so
+//   sum((q + 128) * w) - 128 * sum(w) = sum(q * w),
+// with sum(w) a per-row dot product with ones that serves every token.
 template <int TT>
 static void w4a8_tile24(const FastLayout& L, const Act8& a, int b, int t0, float* y, int32_t* P) {
-  constexpr int VB = 32, MB = 16;
   constexpr int NC = TT == 1 ? 2 : 1;
-  const int G = L.groups, S = L.steps;
-  const __m512i ones = _mm512_set1_epi8(1);
+  const int G = L.groups;
+  const __m512i ones = _mm512_set1_epi8(1), low = _mm512_set1_epi8(0x0F);
   const uint8_t* qb[TT];
   __m512 yv[TT];
 #pragma GCC unroll 8
@@ -309,8 +401,6 @@ static void w4a8_tile24(const FastLayout& L, const Act8& a, int b, int t0, float
   }
   for (int g = 0; g < G; ++g) {
     const size_t blk = size_t(b) * G + g;
-    const uint8_t* v = L.vals + blk * S * VB;
-    const uint8_t* m = L.meta + blk * S * MB;
     __m512i zd, zf;
     zero_vectors(L, blk, zd, zf);
     __m512i acc[TT][NC], accw[NC];
@@ -320,26 +410,14 @@ static void w4a8_tile24(const FastLayout& L, const Act8& a, int b, int t0, float
 #pragma GCC unroll 8
       for (int t = 0; t < TT; ++t) acc[t][c] = _mm512_setzero_si512();
     }
-    const int k0 = g * L.group;
-    auto step = [&](int s, auto cc) __attribute__((always_inline)) {
-      constexpr int c = decltype(cc)::value;
-      const __m512i w = _mm512_sub_epi8(unpack64(v + size_t(s) * VB), zf);
-      const __m512i idx = gather_index24(m + size_t(s) * MB);
+    walk24(L, b, g, [&](auto parity, int k, __m512i codes, __m512i idx) __attribute__((always_inline)) {
+      constexpr int c = NC == 2 ? decltype(parity)::value : 0;
+      const __m512i w = _mm512_sub_epi8(_mm512_and_si512(codes, low), zf);
       accw[c] = _mm512_dpbusd_epi32(accw[c], ones, w);
-      const int k = k0 + s * 8;
 #pragma GCC unroll 8
       for (int t = 0; t < TT; ++t)
         acc[t][c] = _mm512_dpbusd_epi32(acc[t][c], _mm512_shuffle_epi8(qword_bcast(qb[t] + k), idx), w);
-    };
-    int s = 0;
-    if constexpr (NC == 2) {
-      for (; s + 1 < S; s += 2) {
-        _mm_prefetch(reinterpret_cast<const char*>(v + size_t(s) * VB + 1024), _MM_HINT_T0);
-        step(s, std::integral_constant<int, 0>{});
-        step(s + 1, std::integral_constant<int, 1>{});
-      }
-    }
-    for (; s < S; ++s) step(s, std::integral_constant<int, 0>{});
+    });
     __m512i wsum = accw[0];
     if constexpr (NC == 2) wsum = _mm512_add_epi32(wsum, accw[1]);
     const __m512i corr = _mm512_slli_epi32(wsum, 7);
@@ -365,17 +443,16 @@ static void w4a8_tile24(const FastLayout& L, const Act8& a, int b, int t0, float
   for (int t = 0; t < TT; ++t) _mm512_mask_storeu_ps(y + size_t(t0 + t) * L.out + size_t(b) * ROWS, rm, yv[t]);
 }
 
-// W4A16 on the 2:4 gather layout: code j of every row becomes the float
-// 128 + code (shift, then one ternary-logic op under 0x43000000), minus
-// 128 + zero gives code - zero exactly, and vpermps fetches the activation
-// each row's code j meets.
+// W4A16, fp32 activations: code j of every row becomes the float 128 + code
+// (shift, then one ternary-logic op under 0x43000000), minus 128 + zero gives
+// code - zero exactly, and vpermps fetches the activation each row's code j
+// meets.
 template <int TT>
 static void w4a16_tile24(const FastLayout& L, const ActF& a, int b, int t0, float* y) {
-  constexpr int VB = 32, MB = 16;
   constexpr int NC = TT == 1 ? 4 : 1;
-  const int G = L.groups, S = L.steps;
+  const int G = L.groups;
   const __m512i c43 = _mm512_set1_epi32(0x43000000);
-  const __m512i byte2 = _mm512_set1_epi32(0x00FF0000);
+  const __m512i nib2 = _mm512_set1_epi32(0x000F0000);
   const float* xb[TT];
   __m512 yv[TT];
 #pragma GCC unroll 8
@@ -385,8 +462,6 @@ static void w4a16_tile24(const FastLayout& L, const ActF& a, int b, int t0, floa
   }
   for (int g = 0; g < G; ++g) {
     const size_t blk = size_t(b) * G + g;
-    const uint8_t* v = L.vals + blk * S * VB;
-    const uint8_t* m = L.meta + blk * S * MB;
     __m512i zd, zf;
     zero_vectors(L, blk, zd, zf);
     const __m512 zoff = _mm512_cvtepi32_ps(_mm512_add_epi32(zd, _mm512_set1_epi32(128)));
@@ -395,28 +470,23 @@ static void w4a16_tile24(const FastLayout& L, const ActF& a, int b, int t0, floa
     for (int t = 0; t < TT; ++t)
 #pragma GCC unroll 4
       for (int c = 0; c < NC; ++c) acc[t][c] = _mm512_setzero_ps();
-    const int k0 = g * L.group;
-    for (int s = 0; s < S; ++s) {
-      const __m512i codes = unpack64(v + size_t(s) * VB);
-      const __m512i idx = gather_index24(m + size_t(s) * MB);
+    walk24(L, b, g, [&](auto, int k, __m512i codes, __m512i idx) __attribute__((always_inline)) {
       const __m512i cj[4] = {_mm512_slli_epi32(codes, 16), _mm512_slli_epi32(codes, 8), codes,
                              _mm512_srli_epi32(codes, 8)};
       const __m512i ij[4] = {idx, _mm512_srli_epi32(idx, 8), _mm512_srli_epi32(idx, 16), _mm512_srli_epi32(idx, 24)};
-      const int k = k0 + s * 8;
       __m512 xv[TT];
 #pragma GCC unroll 8
       for (int t = 0; t < TT; ++t) xv[t] = _mm512_castps256_ps512(_mm256_loadu_ps(xb[t] + k));
 #pragma GCC unroll 4
       for (int j = 0; j < 4; ++j) {
-        const __m512 wj = _mm512_sub_ps(
-            _mm512_castsi512_ps(_mm512_ternarylogic_epi32(cj[j], byte2, c43, 0xEA)), zoff);
+        const __m512 wj = _mm512_sub_ps(_mm512_castsi512_ps(_mm512_ternarylogic_epi32(cj[j], nib2, c43, 0xEA)), zoff);
 #pragma GCC unroll 8
         for (int t = 0; t < TT; ++t) {
           const int c = NC == 4 ? j : 0;
           acc[t][c] = _mm512_fmadd_ps(wj, _mm512_permutexvar_ps(ij[j], xv[t]), acc[t][c]);
         }
       }
-    }
+    });
     const __m512 sw = _mm512_cvtph_ps(_mm256_loadu_si256(reinterpret_cast<const __m256i*>(L.scales + blk * ROWS)));
 #pragma GCC unroll 8
     for (int t = 0; t < TT; ++t) {
@@ -429,6 +499,81 @@ static void w4a16_tile24(const FastLayout& L, const ActF& a, int b, int t0, floa
   const __mmask16 rm = row_mask(L, b);
 #pragma GCC unroll 8
   for (int t = 0; t < TT; ++t) _mm512_mask_storeu_ps(y + size_t(t0 + t) * L.out + size_t(b) * ROWS, rm, yv[t]);
+}
+
+// W4A16, bf16 activations: vdpbf16ps takes a row's codes in pairs. The lane's
+// words hold slots (0, 2) and, shifted right by 8, slots (1, 3), both for the
+// codes (as the bf16 128 + code: 0x4300 | code) and for the gather positions
+// (vpermw reads the low 5 bits of a word). A second dot product with ones sums
+// the gathered activations, so 128 + zero times that sum comes off at the end
+// of the group; products are exact, sums in fp32. Only called where the CPU
+// has AVX512_BF16 (this unit is built with -mavx512bf16; no other code here
+// uses those instructions).
+template <int TT>
+static void w4a16bf_tile24(const FastLayout& L, const ActF& a, int b, int t0, float* y) {
+  constexpr int NC = TT == 1 ? 2 : 1;
+  const int G = L.groups;
+  const __m512i nib = _mm512_set1_epi32(0x000F000F), c43 = _mm512_set1_epi32(0x43004300);
+  const __m512bh ones = (__m512bh)_mm512_set1_epi16(0x3F80);
+  const uint16_t* xb[TT];
+  __m512 yv[TT];
+#pragma GCC unroll 8
+  for (int t = 0; t < TT; ++t) {
+    xb[t] = a.xb + size_t(t0 + t) * a.kk;
+    yv[t] = _mm512_setzero_ps();
+  }
+  for (int g = 0; g < G; ++g) {
+    const size_t blk = size_t(b) * G + g;
+    __m512i zd, zf;
+    zero_vectors(L, blk, zd, zf);
+    __m512 acc[TT][2 * NC], sx[TT][2 * NC];
+#pragma GCC unroll 8
+    for (int t = 0; t < TT; ++t)
+#pragma GCC unroll 4
+      for (int c = 0; c < 2 * NC; ++c) acc[t][c] = sx[t][c] = _mm512_setzero_ps();
+    walk24(L, b, g, [&](auto parity, int k, __m512i codes, __m512i idx) __attribute__((always_inline)) {
+      constexpr int c = NC == 2 ? 2 * decltype(parity)::value : 0;
+      const __m512bh w0 = (__m512bh)_mm512_ternarylogic_epi32(codes, nib, c43, 0xEA);
+      const __m512bh w1 = (__m512bh)_mm512_ternarylogic_epi32(_mm512_srli_epi32(codes, 8), nib, c43, 0xEA);
+      const __m512i i1 = _mm512_srli_epi32(idx, 8);
+#pragma GCC unroll 8
+      for (int t = 0; t < TT; ++t) {
+        const __m512i xv = _mm512_castsi128_si512(_mm_loadu_si128(reinterpret_cast<const __m128i*>(xb[t] + k)));
+        const __m512bh g0 = (__m512bh)_mm512_permutexvar_epi16(idx, xv);
+        const __m512bh g1 = (__m512bh)_mm512_permutexvar_epi16(i1, xv);
+        acc[t][c] = _mm512_dpbf16_ps(acc[t][c], w0, g0);
+        acc[t][c + 1] = _mm512_dpbf16_ps(acc[t][c + 1], w1, g1);
+        sx[t][c] = _mm512_dpbf16_ps(sx[t][c], ones, g0);
+        sx[t][c + 1] = _mm512_dpbf16_ps(sx[t][c + 1], ones, g1);
+      }
+    });
+    const __m512 zoff = _mm512_cvtepi32_ps(_mm512_add_epi32(zd, _mm512_set1_epi32(128)));
+    const __m512 sw = _mm512_cvtph_ps(_mm256_loadu_si256(reinterpret_cast<const __m256i*>(L.scales + blk * ROWS)));
+#pragma GCC unroll 8
+    for (int t = 0; t < TT; ++t) {
+      __m512 r = _mm512_add_ps(acc[t][0], acc[t][1]), q = _mm512_add_ps(sx[t][0], sx[t][1]);
+      if constexpr (NC == 2) {
+        r = _mm512_add_ps(r, _mm512_add_ps(acc[t][2], acc[t][3]));
+        q = _mm512_add_ps(q, _mm512_add_ps(sx[t][2], sx[t][3]));
+      }
+      r = _mm512_sub_ps(r, _mm512_mul_ps(zoff, q));
+      yv[t] = _mm512_add_ps(yv[t], _mm512_mul_ps(sw, r));
+    }
+  }
+  const __mmask16 rm = row_mask(L, b);
+#pragma GCC unroll 8
+  for (int t = 0; t < TT; ++t) _mm512_mask_storeu_ps(y + size_t(t0 + t) * L.out + size_t(b) * ROWS, rm, yv[t]);
+}
+
+static void fast_w4a16_bf16(const FastLayout& L, const ActF& a, int b0, int b1, float* y) {
+  const int T = a.tokens;
+  for (int b = b0; b < b1; ++b) {
+    int t = 0;
+    for (; t + 8 <= T; t += 8) w4a16bf_tile24<8>(L, a, b, t, y);
+    if (T - t >= 4) w4a16bf_tile24<4>(L, a, b, t, y), t += 4;
+    if (T - t >= 2) w4a16bf_tile24<2>(L, a, b, t, y), t += 2;
+    if (T - t >= 1) w4a16bf_tile24<1>(L, a, b, t, y);
+  }
 }
 
 template <int KIND>
@@ -496,8 +641,9 @@ static void fast_w4a16_simd(const FastLayout& L, const ActF& a, int b0, int b1, 
 }  // namespace avx512
 
 const Ops* ops_avx512() {
-  static const Ops ops = {"avx512", avx512::quantize, avx512::group_sums, avx512::fast_w4a8_simd,
-                          avx512::fast_w4a16_simd, avx512::generic_w4a8, avx512::generic_w4a16};
+  static const Ops ops = {"avx512", avx512::quantize16, avx512::group_sums, avx512::fast_w4a8_simd,
+                          avx512::fast_w4a16_simd, avx512::fast_w4a16_bf16, avx512::generic_w4a8,
+                          avx512::generic_w4a16};
   return &ops;
 }
 }  // namespace nmq

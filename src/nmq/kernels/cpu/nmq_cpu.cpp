@@ -36,7 +36,7 @@ namespace {
 // --- ISA detection -------------------------------------------------------------
 
 struct Cpu {
-  bool avx2 = false, avx512 = false;
+  bool avx2 = false, avx512 = false, avx512_bf16 = false;
 };
 
 Cpu detect() {
@@ -55,6 +55,7 @@ Cpu detect() {
   const bool vbmi = cc & (1u << 1), vbmi2 = cc & (1u << 6), vnni = cc & (1u << 11);
   c.avx2 = ymm_os && avx2 && fma && f16c && bmi2 && popcnt;
   c.avx512 = c.avx2 && zmm_os && f && dq && bw && vl && vbmi && vbmi2 && vnni;
+  if (c.avx512 && __get_cpuid_count(7, 1, &a, &b, &cc, &d)) c.avx512_bf16 = a & (1u << 5);
 #endif
   return c;
 }
@@ -233,26 +234,34 @@ T* data_or_null(const Array& a, const char* what) {
   return a.size() == 0 ? nullptr : data_of<T>(a, what);
 }
 
-// x [tokens][k] (fp32, or bf16 bits) -> fp32 [tokens][kk], zero padded.
-std::vector<float> padded_input(const Array& x, bool bf16, int tokens, int k, int kk) {
-  if (x.ndim() != 2 || int(x.shape(0)) != tokens || int(x.shape(1)) != k)
-    throw std::invalid_argument("activations: unexpected shape");
-  std::vector<float> out(size_t(tokens) * kk, 0.f);
-  if (bf16) {
-    const uint16_t* src = reinterpret_cast<const uint16_t*>(data_of<int16_t>(x, "activations"));
-    for (int t = 0; t < tokens; ++t)
-      for (int i = 0; i < k; ++i) {
-        uint32_t bits = uint32_t(src[size_t(t) * k + i]) << 16;
+// Activations as the kernels get them: x [tokens][k], fp32 or bf16 bits,
+// row-major and contiguous (the Python side makes sure of it).
+struct Input {
+  const void* x;
+  bool bf16;
+  int tokens, k;
+};
+
+// x -> fp32 [tokens][kk], zero padded.
+std::vector<float> padded_input(const Input& in, int kk) {
+  std::vector<float> out(size_t(in.tokens) * kk, 0.f);
+  if (in.bf16) {
+    const uint16_t* src = static_cast<const uint16_t*>(in.x);
+    for (int t = 0; t < in.tokens; ++t)
+      for (int i = 0; i < in.k; ++i) {
+        uint32_t bits = uint32_t(src[size_t(t) * in.k + i]) << 16;
         std::memcpy(&out[size_t(t) * kk + i], &bits, 4);
       }
   } else {
-    const float* src = data_of<float>(x, "activations");
-    for (int t = 0; t < tokens; ++t) std::memcpy(&out[size_t(t) * kk], src + size_t(t) * k, sizeof(float) * k);
+    const float* src = static_cast<const float*>(in.x);
+    for (int t = 0; t < in.tokens; ++t)
+      std::memcpy(&out[size_t(t) * kk], src + size_t(t) * in.k, sizeof(float) * in.k);
   }
   return out;
 }
 
 struct Prepared {
+  std::vector<uint16_t> xb;
   std::vector<float> x;
   std::vector<int8_t> q;
   std::vector<uint8_t> qu;
@@ -262,9 +271,9 @@ struct Prepared {
   ActF af;
 };
 
-void prepare(const Ops* ops, Prepared& p, const Array& x, bool bf16, int tokens, int k, int kk, int group, int groups,
-             bool w4a8) {
-  p.x = padded_input(x, bf16, tokens, k, kk);
+void prepare(const Ops* ops, Prepared& p, const Input& in, int kk, int group, int groups, bool w4a8) {
+  const int tokens = in.tokens;
+  p.x = padded_input(in, kk);
   if (w4a8) {
     p.q.assign(size_t(tokens) * kk, 0);
     p.scale.assign(size_t(tokens) * groups, 0.f);
@@ -284,116 +293,146 @@ void prepare(const Ops* ops, Prepared& p, const Array& x, bool bf16, int tokens,
   }
 }
 
-void check_out(const Array& y, int tokens, int out) {
-  if (y.ndim() != 2 || int(y.shape(0)) != tokens || int(y.shape(1)) != out)
-    throw std::invalid_argument("output: unexpected shape");
-  data_of<float>(y, "output");
+// bf16 activations as given, zero padded to kk.
+void padded_bf16(Prepared& p, const Input& in, int kk) {
+  const uint16_t* src = static_cast<const uint16_t*>(in.x);
+  p.xb.assign(size_t(in.tokens) * kk, 0);
+  for (int t = 0; t < in.tokens; ++t)
+    std::memcpy(&p.xb[size_t(t) * kk], src + size_t(t) * in.k, 2 * size_t(in.k));
+  p.af.xb = p.xb.data();
 }
 
-int32_t* partials_out(const Array& P, int tokens, int out, int groups) {
-  if (P.size() == 0) return nullptr;
-  if (P.ndim() != 3 || int(P.shape(0)) != tokens || int(P.shape(1)) != out || int(P.shape(2)) != groups)
-    throw std::invalid_argument("partial sums: unexpected shape");
-  return data_of<int32_t>(P, "partial sums");
+template <typename T>
+T* ptr(uintptr_t p) {
+  return reinterpret_cast<T*>(p);
 }
 
-// params: kind, out, blocks, kk, group, groups, steps, vbytes, mbytes, symmetric, k
-void fast_matmul(const Array& x, bool bf16, const Array& vals, const Array& meta, const Array& scales,
-                 const Array& zeros, const std::vector<int64_t>& prm, bool w4a8, const Array& y, const Array& P) {
-  if (prm.size() != 11) throw std::invalid_argument("fast layout: expected 11 parameters");
+// A weight in the fast layout, checked once when built; holds its buffers.
+struct FastWeight {
   FastLayout L;
-  L.kind = int(prm[0]);
-  L.out = int(prm[1]);
-  L.blocks = int(prm[2]);
-  L.kk = int(prm[3]);
-  L.group = int(prm[4]);
-  L.groups = int(prm[5]);
-  L.steps = int(prm[6]);
-  L.vbytes = int(prm[7]);
-  L.mbytes = int(prm[8]);
-  L.symmetric = prm[9] != 0;
-  const int k = int(prm[10]);
-  const size_t per = size_t(L.blocks) * L.groups * L.steps;
-  if (vals.size() != per * L.vbytes || meta.size() != per * L.mbytes ||
-      scales.size() != size_t(L.blocks) * L.groups * ROWS ||
-      (!L.symmetric && zeros.size() != size_t(L.blocks) * L.groups * 8) || L.group * L.groups != L.kk ||
-      L.steps * PAIR_K != L.group || L.blocks * ROWS < L.out || k > L.kk)
-    throw std::invalid_argument("fast layout: inconsistent buffers");
-  L.vals = data_of<uint8_t>(vals, "values");
-  L.meta = L.mbytes ? data_of<uint8_t>(meta, "meta") : nullptr;
-  L.scales = reinterpret_cast<const uint16_t*>(data_of<int16_t>(scales, "scales"));
-  L.zeros = L.symmetric ? nullptr : data_of<uint8_t>(zeros, "zeros");
-  const int tokens = int(x.shape(0));
-  check_out(y, tokens, L.out);
-  float* yp = static_cast<float*>(y.data());
-  int32_t* pp = partials_out(P, tokens, L.out, L.groups);
-  if (tokens == 0) return;
-  nb::gil_scoped_release release;
-  const Ops* ops = current_ops();
-  Prepared p;
-  prepare(ops, p, x, bf16, tokens, k, L.kk, L.group, L.groups, w4a8);
-  pool().run(L.blocks, chunk_for(L.blocks), [&](int lo, int hi) {
-    if (w4a8)
-      ops->fast_w4a8(L, p.a8, lo, hi, yp, pp);
-    else
-      ops->fast_w4a16(L, p.af, lo, hi, yp);
-  });
-}
+  int k = 0;
+  Array vals, meta, scales, zeros;
 
-// params: out, k, padded_in, n, m, bits, group, groups, meta_kind, meta_width, symmetric
-void generic_matmul(const Array& x, bool bf16, const Array& values, const Array& meta, const Array& scales,
-                    const Array& zeros, const Array& table, const std::vector<int64_t>& prm, bool w4a8,
-                    const Array& y, const Array& P) {
-  if (prm.size() != 11) throw std::invalid_argument("generic layout: expected 11 parameters");
-  GenericLayout L;
-  L.out = int(prm[0]);
-  const int k = int(prm[1]);
-  L.padded_in = int(prm[2]);
-  L.n = int(prm[3]);
-  L.m = int(prm[4]);
-  L.bits = int(prm[5]);
-  L.group = int(prm[6]);
-  L.groups = int(prm[7]);
-  L.meta_kind = int(prm[8]);
-  L.meta_width = int(prm[9]);
-  L.symmetric = prm[10] != 0;
-  if (values.ndim() != 2 || int(values.shape(0)) != L.out || scales.ndim() != 2 || int(scales.shape(0)) != L.out ||
-      int(scales.shape(1)) != L.groups || L.group * L.groups != L.padded_in || k > L.padded_in ||
-      L.padded_in % L.m != 0 || L.group % L.m != 0)
-    throw std::invalid_argument("generic layout: inconsistent buffers");
-  L.values = data_of<uint8_t>(values, "values");
-  L.vstride = int64_t(values.shape(1));
-  if (int64_t(L.padded_in) / L.m * L.n * L.bits > L.vstride * 8)
-    throw std::invalid_argument("generic layout: values too short");
-  L.mstride = meta.ndim() == 2 ? int64_t(meta.shape(1)) : 0;
-  L.meta = L.mstride ? data_of<uint8_t>(meta, "meta") : nullptr;
-  if (L.meta_kind != 0 && !L.meta) throw std::invalid_argument("generic layout: metadata missing");
-  L.scales = reinterpret_cast<const uint16_t*>(data_of<int16_t>(scales, "scales"));
-  if (!L.symmetric) {
-    if (zeros.ndim() != 2 || int(zeros.shape(0)) != L.out) throw std::invalid_argument("generic layout: zeros");
-    L.zeros = data_of<uint8_t>(zeros, "zeros");
-    L.zstride = int64_t(zeros.shape(1));
+  // params: kind, out, blocks, kk, group, groups, steps, vbytes, mbytes, symmetric, k
+  FastWeight(Array vals_, Array meta_, Array scales_, Array zeros_, const std::vector<int64_t>& prm)
+      : vals(vals_), meta(meta_), scales(scales_), zeros(zeros_) {
+    if (prm.size() != 11) throw std::invalid_argument("fast layout: expected 11 parameters");
+    L.kind = int(prm[0]);
+    L.out = int(prm[1]);
+    L.blocks = int(prm[2]);
+    L.kk = int(prm[3]);
+    L.group = int(prm[4]);
+    L.groups = int(prm[5]);
+    L.steps = int(prm[6]);
+    L.vbytes = int(prm[7]);
+    L.mbytes = int(prm[8]);
+    L.symmetric = prm[9] != 0;
+    k = int(prm[10]);
+    const size_t per = size_t(L.blocks) * L.groups * L.steps;
+    const size_t meta_bytes = L.kind == KIND_24 ? size_t(L.blocks) * ((L.groups * L.steps + 3) / 4) * QUAD24 + 16
+                                                : per * L.mbytes;
+    if (vals.size() != per * L.vbytes || meta.size() != meta_bytes ||
+        scales.size() != size_t(L.blocks) * L.groups * ROWS ||
+        (!L.symmetric && zeros.size() != size_t(L.blocks) * L.groups * 8) || L.group * L.groups != L.kk ||
+        L.steps * PAIR_K != L.group || L.blocks * ROWS < L.out || k > L.kk)
+      throw std::invalid_argument("fast layout: inconsistent buffers");
+    L.vals = data_of<uint8_t>(vals, "values");
+    L.meta = L.mbytes ? data_of<uint8_t>(meta, "meta") : nullptr;
+    L.scales = reinterpret_cast<const uint16_t*>(data_of<int16_t>(scales, "scales"));
+    L.zeros = L.symmetric ? nullptr : data_of<uint8_t>(zeros, "zeros");
   }
-  L.table = data_or_null<uint8_t>(table, "rank table");
-  if (L.meta_kind == 2 && !L.table) throw std::invalid_argument("generic layout: rank table missing");
-  const int tokens = int(x.shape(0));
-  check_out(y, tokens, L.out);
-  float* yp = static_cast<float*>(y.data());
-  int32_t* pp = partials_out(P, tokens, L.out, L.groups);
-  if (tokens == 0) return;
-  nb::gil_scoped_release release;
-  const Ops* ops = current_ops();
-  Prepared p;
-  prepare(ops, p, x, bf16, tokens, k, L.padded_in, L.group, L.groups, w4a8);
-  pool().run(L.out, chunk_for(L.out), [&](int lo, int hi) {
-    if (w4a8)
-      ops->generic_w4a8(L, p.a8, lo, hi, yp, pp);
-    else
-      ops->generic_w4a16(L, p.af, lo, hi, yp);
-  });
-}
+
+  // x [tokens][k] -> y [tokens][out] (fp32), P [tokens][out][groups] when not 0.
+  void run(uintptr_t x, bool bf16, int tokens, bool w4a8, uintptr_t y, uintptr_t P) const {
+    if (tokens <= 0) return;
+    nb::gil_scoped_release release;
+    const Ops* ops = current_ops();
+    const Input in{ptr<const void>(x), bf16, tokens, k};
+    float* yp = ptr<float>(y);
+    int32_t* pp = ptr<int32_t>(P);
+    Prepared p;
+    prepare(ops, p, in, L.kk, L.group, L.groups, w4a8);
+    // bf16 activations keep their precision on the bf16 dot-product kernel.
+    const bool use_bf16 = !w4a8 && bf16 && L.kind == KIND_24 && ops->fast_w4a16_bf16 && cpu_has_avx512_bf16();
+    if (use_bf16) padded_bf16(p, in, L.kk);
+    pool().run(L.blocks, chunk_for(L.blocks), [&](int lo, int hi) {
+      if (w4a8)
+        ops->fast_w4a8(L, p.a8, lo, hi, yp, pp);
+      else if (use_bf16)
+        ops->fast_w4a16_bf16(L, p.af, lo, hi, yp);
+      else
+        ops->fast_w4a16(L, p.af, lo, hi, yp);
+    });
+  }
+};
+
+// A weight in the canonical layout (any N:M, any width), decoded row by row.
+struct GenericWeight {
+  GenericLayout L;
+  int k = 0;
+  Array values, meta, scales, zeros, table;
+
+  // params: out, k, padded_in, n, m, bits, group, groups, meta_kind, meta_width, symmetric
+  GenericWeight(Array values_, Array meta_, Array scales_, Array zeros_, Array table_,
+                const std::vector<int64_t>& prm)
+      : values(values_), meta(meta_), scales(scales_), zeros(zeros_), table(table_) {
+    if (prm.size() != 11) throw std::invalid_argument("generic layout: expected 11 parameters");
+    L.out = int(prm[0]);
+    k = int(prm[1]);
+    L.padded_in = int(prm[2]);
+    L.n = int(prm[3]);
+    L.m = int(prm[4]);
+    L.bits = int(prm[5]);
+    L.group = int(prm[6]);
+    L.groups = int(prm[7]);
+    L.meta_kind = int(prm[8]);
+    L.meta_width = int(prm[9]);
+    L.symmetric = prm[10] != 0;
+    if (values.ndim() != 2 || int(values.shape(0)) != L.out || scales.ndim() != 2 ||
+        int(scales.shape(0)) != L.out || int(scales.shape(1)) != L.groups || L.group * L.groups != L.padded_in ||
+        k > L.padded_in || L.padded_in % L.m != 0 || L.group % L.m != 0)
+      throw std::invalid_argument("generic layout: inconsistent buffers");
+    L.values = data_of<uint8_t>(values, "values");
+    L.vstride = int64_t(values.shape(1));
+    if (int64_t(L.padded_in) / L.m * L.n * L.bits > L.vstride * 8)
+      throw std::invalid_argument("generic layout: values too short");
+    L.mstride = meta.ndim() == 2 ? int64_t(meta.shape(1)) : 0;
+    L.meta = L.mstride ? data_of<uint8_t>(meta, "meta") : nullptr;
+    if (L.meta_kind != 0 && !L.meta) throw std::invalid_argument("generic layout: metadata missing");
+    L.scales = reinterpret_cast<const uint16_t*>(data_of<int16_t>(scales, "scales"));
+    if (!L.symmetric) {
+      if (zeros.ndim() != 2 || int(zeros.shape(0)) != L.out) throw std::invalid_argument("generic layout: zeros");
+      L.zeros = data_of<uint8_t>(zeros, "zeros");
+      L.zstride = int64_t(zeros.shape(1));
+    }
+    L.table = data_or_null<uint8_t>(table, "rank table");
+    if (L.meta_kind == 2 && !L.table) throw std::invalid_argument("generic layout: rank table missing");
+  }
+
+  void run(uintptr_t x, bool bf16, int tokens, bool w4a8, uintptr_t y, uintptr_t P) const {
+    if (tokens <= 0) return;
+    nb::gil_scoped_release release;
+    const Ops* ops = current_ops();
+    const Input in{ptr<const void>(x), bf16, tokens, k};
+    float* yp = ptr<float>(y);
+    int32_t* pp = ptr<int32_t>(P);
+    Prepared p;
+    prepare(ops, p, in, L.padded_in, L.group, L.groups, w4a8);
+    pool().run(L.out, chunk_for(L.out), [&](int lo, int hi) {
+      if (w4a8)
+        ops->generic_w4a8(L, p.a8, lo, hi, yp, pp);
+      else
+        ops->generic_w4a16(L, p.af, lo, hi, yp);
+    });
+  }
+};
 
 }  // namespace
+
+bool nmq::cpu_has_avx512_bf16() {
+  static const bool has = detect().avx512_bf16;
+  return has;
+}
 
 NB_MODULE(_nmq_cpu, m) {
   m.doc() = "nmq CPU kernels: N:M sparse low-bit matmul with runtime ISA dispatch";
@@ -402,6 +441,14 @@ NB_MODULE(_nmq_cpu, m) {
   m.def("get_isa", [] { return std::string(current_ops()->name); });
   m.def("set_threads", [](int n) { pool().resize(n); }, "Threads the kernels use (the caller included)");
   m.def("get_threads", [] { return pool().size(); });
-  m.def("fast_matmul", &fast_matmul);
-  m.def("generic_matmul", &generic_matmul);
+  // run(x, bf16, tokens, w4a8, y, P): x, y and P are addresses of contiguous
+  // CPU buffers ([tokens][k] fp32 or bf16, [tokens][out] fp32, [tokens][out]
+  // [groups] int32 or 0) that the caller has checked; passing addresses keeps
+  // a call to a few microseconds.
+  nb::class_<FastWeight>(m, "FastWeight")
+      .def(nb::init<Array, Array, Array, Array, const std::vector<int64_t>&>())
+      .def("run", &FastWeight::run);
+  nb::class_<GenericWeight>(m, "GenericWeight")
+      .def(nb::init<Array, Array, Array, Array, Array, const std::vector<int64_t>&>())
+      .def("run", &GenericWeight::run);
 }

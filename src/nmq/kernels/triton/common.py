@@ -54,7 +54,9 @@ def accumulate(acc, a, q, s_ptr, offs_o, o_mask, stride_s, gidx, k_idx, GROUP: t
     if SCALE_MODE == 2:
         s_ptrs = s_ptr + offs_o[None, :] * stride_s + (k_idx // GROUP)[:, None]
         s = tl.load(s_ptrs, mask=o_mask[None, :], other=0.0).to(tl.float32)
-        w = q.to(tl.float32) * s
+        # Columns past K (q == 0 there) may read a scale past the row's last
+        # group, even past the tensor: never let 0 * (Inf or NaN) in.
+        w = tl.where(q == 0, 0.0, q.to(tl.float32) * s)
     else:
         w = q
     if UPCAST:
