@@ -64,14 +64,16 @@ def random_nmq_tensor(out: int, k: int, pattern: Pattern, bits: int, group_size:
 
 
 def llama_model(shape: dict, recipe: Recipe | None, seed: int = 0, dtype: torch.dtype = torch.float32,
-                backend: str = "auto", release_source: bool = False) -> torch.nn.Module:
+                backend: str = "auto", release_source: bool = False, head: Recipe | None = None,
+                path: str = "w4a16") -> torch.nn.Module:
     """A LlamaForCausalLM of the given shape with random weights.
 
     With ``recipe`` the selected linear layers are random NMQTensors (no dense
     copy is ever made), each packed for ``backend`` as it is made; with
     ``release_source`` only the packed form is kept (inference-only, about half
-    the memory). Without ``recipe`` every weight is dense in ``dtype``; the
-    weights that stay dense are in ``dtype`` either way.
+    the memory). ``head``, if given, compresses ``lm_head`` with its own recipe
+    (e.g. dense INT4); ``path`` is the layers' numeric path. Without ``recipe`` every weight is dense in ``dtype``;
+    the weights that stay dense are in ``dtype`` either way.
     """
     from transformers import LlamaConfig, LlamaForCausalLM
 
@@ -79,13 +81,15 @@ def llama_model(shape: dict, recipe: Recipe | None, seed: int = 0, dtype: torch.
     gen = torch.Generator().manual_seed(seed)
     with torch.device("meta"):
         model = LlamaForCausalLM(config)
-    compressed = set(target_layers(model, recipe)) if recipe is not None else set()
-    pattern = Pattern.parse(recipe.pattern) if recipe is not None else None
+    compressed = {n: recipe for n in target_layers(model, recipe)} if recipe is not None else {}
+    if recipe is not None and head is not None:
+        compressed["lm_head"] = head
     for name, module in list(model.named_modules()):
-        if name in compressed:
-            t = random_nmq_tensor(module.out_features, module.in_features, pattern, recipe.bits, recipe.group_size,
-                                  recipe.symmetric, recipe.metadata, gen)
-            layer = NMQLinear(t, backend=backend)
+        r = compressed.get(name)
+        if r is not None:
+            t = random_nmq_tensor(module.out_features, module.in_features, Pattern.parse(r.pattern), r.bits,
+                                  r.group_size, r.symmetric, r.metadata, gen)
+            layer = NMQLinear(t, backend=backend, path=path)
             layer.prepack()
             if release_source:
                 layer.release_source()
@@ -96,7 +100,7 @@ def llama_model(shape: dict, recipe: Recipe | None, seed: int = 0, dtype: torch.
             if name.endswith("norm.weight") or ".norm" in name or "layernorm" in name:
                 value = torch.ones(p.shape, dtype=dtype)
             else:
-                value = (torch.randn(p.shape, generator=gen, dtype=torch.float32) * 0.02).to(dtype)
+                value = torch.randn(p.shape, generator=gen, dtype=dtype).mul_(0.02)
             parent, _, leaf = name.rpartition(".")
             setattr(model.get_submodule(parent), leaf, torch.nn.Parameter(value, requires_grad=False))
     materialize_buffers(model)

@@ -4,8 +4,11 @@ Each configuration runs in a process of its own (``--one``), so peak RSS is
 that configuration's alone. Models are built with random weights directly in
 their final form (:mod:`nmq.synthetic`): compressed configurations never hold
 a dense copy, and keep each linear layer in its backend's packed form only.
-Everything that stays dense (embeddings, norms, ``lm_head``) and the
-activations are bf16 in every configuration. Timing: a random prompt is prefilled, then ``--new-tokens``
+Embeddings and norms are bf16 in every configuration; the nmq configurations
+also store ``lm_head`` as dense INT4 and run the decoder's linear layers on
+the ``--path`` numeric path (default ``w4a8``: int8 activations per group of
+128, like ONNX Runtime's accuracy level 4), with nmq's thread pool on every
+core and PyTorch's ops around them on one thread. Timing: a random prompt is prefilled, then ``--new-tokens``
 tokens are decoded one by one with the KV cache; ``ms_per_token`` is the
 median decode step.
 """
@@ -14,6 +17,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import resource
 import subprocess
 import sys
@@ -37,28 +41,39 @@ FPGA_DESIGN = dict(rows=128, cols=1, max_m=8, weight_bits=4, act_buffer_depth=30
 DEFAULT_CONFIGS = ("torch-bf16", "nmq-dense-int4", "nmq-2:4-int4", "nmq-4:8-int4")
 
 
-def run_one(config: str, model_name: str, prompt_tokens: int, new_tokens: int, backend: str, threads: int | None) -> dict:
+def run_one(config: str, model_name: str, prompt_tokens: int, new_tokens: int, backend: str, threads: int | None,
+            path: str = "w4a8") -> dict:
     from ..generate import generate_ids
     from ..recipe import Recipe
     from ..synthetic import SHAPES, llama_model
 
     if config.startswith("fpga-model-"):
         return fpga_estimate(config, model_name)
-    if threads:
-        torch.set_num_threads(threads)
     start = time.perf_counter()
     pattern = CONFIGS[config]
     if pattern is None:
+        if threads:
+            torch.set_num_threads(threads)
         dtype = torch.bfloat16 if config == "torch-bf16" else torch.float32
         model = llama_model(SHAPES[model_name], None, dtype=dtype)
         used = "torch"
     else:
-        # bf16 like the baseline: embeddings, norms, lm_head and activations.
-        model = llama_model(SHAPES[model_name], Recipe(pattern=pattern, bits=4, group_size=128), backend=backend,
-                            dtype=torch.bfloat16, release_source=True)
+        from ..backends import cpu as cpu_backend
         from ..backends import get_backend
 
         used = get_backend(backend, "cpu", 1).name
+        if used == "cpu":
+            # nmq's pool runs the linear layers on every core; PyTorch's ops
+            # around them are tiny at batch 1, and two busy pools on the same
+            # cores only get in each other's way.
+            cpu_backend.set_threads(threads or torch.get_num_threads())
+            torch.set_num_threads(1)
+        elif threads:
+            torch.set_num_threads(threads)
+        # Embeddings and norms in bf16 like the baseline; lm_head dense INT4.
+        model = llama_model(SHAPES[model_name], Recipe(pattern=pattern, bits=4, group_size=128), backend=backend,
+                            dtype=torch.bfloat16, release_source=True, path=path,
+                            head=Recipe(pattern="dense", bits=4, group_size=128, ignore=()))
     build_s = time.perf_counter() - start
     vocab = model.config.vocab_size
     ids = torch.randint(0, vocab, (1, prompt_tokens), generator=torch.Generator().manual_seed(0))
@@ -71,10 +86,11 @@ def run_one(config: str, model_name: str, prompt_tokens: int, new_tokens: int, b
         "prefill_ms": r.prefill_ms,
         "peak_rss_gb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2**20,
         "backend": used,
+        "path": None if pattern is None else path,
         "prompt_tokens": prompt_tokens,
         "new_tokens": new_tokens,
         "decode_ms": r.decode_ms,
-        "threads": torch.get_num_threads(),
+        "threads": threads or len(os.sched_getaffinity(0)),
         "build_s": build_s,
     }
 
@@ -107,6 +123,8 @@ def add_parser(subparsers, common: argparse.ArgumentParser) -> argparse.Argument
     p.add_argument("--new-tokens", type=int, default=16, help="decoded tokens (default 16)")
     p.add_argument("--backend", default="auto", help="backend of the nmq configurations (default auto)")
     p.add_argument("--threads", type=int, help="threads (default: all)")
+    p.add_argument("--path", default="w4a8", choices=["w4a8", "w4a16"],
+                   help="numeric path of the nmq configurations (default w4a8: int8 activations per group of 128)")
     p.add_argument("--one", action="store_true", help=argparse.SUPPRESS)
     p.add_argument("--json", action="store_true", help='print records {"config", "ms_per_token", "tokens_per_s", '
                    '"prefill_ms", "peak_rss_gb", "backend", ...}')
@@ -130,19 +148,24 @@ def cmd_e2e(args: argparse.Namespace) -> int:
     if args.new_tokens < 2 or args.prompt_tokens < 1:
         raise NMQError("--new-tokens must be >= 2 and --prompt-tokens >= 1")
     if args.one:
-        print(json.dumps(run_one(configs[0], args.model, args.prompt_tokens, args.new_tokens, args.backend, args.threads)))
+        print(json.dumps(run_one(configs[0], args.model, args.prompt_tokens, args.new_tokens, args.backend, args.threads,
+                                 args.path)))
         return 0
     records = []
     for config in configs:
         cmd = [sys.executable, "-m", "nmq", "bench", "e2e", "--one", "--configs", config, "--model", args.model,
                "--prompt-tokens", str(args.prompt_tokens), "--new-tokens", str(args.new_tokens),
-               "--backend", args.backend, "--quiet"] + (["--threads", str(args.threads)] if args.threads else [])
+               "--backend", args.backend, "--path", args.path, "--quiet"] + (
+                   ["--threads", str(args.threads)] if args.threads else [])
         if config.startswith("fpga-model-"):
             records.append(fpga_estimate(config, args.model))
             continue
         if not args.quiet:
             print(f"{config}: building {args.model} and decoding {args.new_tokens} tokens ...", file=sys.stderr)
-        proc = subprocess.run(cmd, capture_output=True, text=True)
+        # Large temporaries of the build go straight back to the OS (no heap
+        # fragmentation in the peak RSS); small allocations are unaffected.
+        env = dict(os.environ, MALLOC_MMAP_THRESHOLD_="1048576")
+        proc = subprocess.run(cmd, capture_output=True, text=True, env=env)
         if proc.returncode != 0:
             raise NMQError(f"configuration {config} failed: {proc.stderr.strip().splitlines()[-1] if proc.stderr.strip() else proc.returncode}")
         records.append(json.loads(proc.stdout.strip().splitlines()[-1]))

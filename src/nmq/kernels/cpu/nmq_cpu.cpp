@@ -8,6 +8,7 @@
 
 #include <algorithm>
 #include <atomic>
+#include <chrono>
 #include <condition_variable>
 #include <cstdlib>
 #include <cstring>
@@ -106,14 +107,22 @@ int default_threads() {
   return std::max(1u, std::thread::hardware_concurrency());
 }
 
+int spin_us() {
+  static const int us = [] {
+    const char* env = std::getenv("NMQ_SPIN_US");
+    return env ? std::max(0, std::atoi(env)) : 2000;
+  }();
+  return us;
+}
+
 inline void cpu_relax() {
 #if defined(__x86_64__) || defined(_M_X64)
   _mm_pause();
 #endif
 }
 
-// Workers spin briefly after each job (back-to-back layers then start without a
-// futex wake-up) and sleep otherwise, so idle nmq threads do not compete with
+// Workers spin for NMQ_SPIN_US microseconds (default 2000) after each job
+// (back-to-back layers then start without a futex wake-up) and sleep otherwise, so idle nmq threads do not compete with
 // PyTorch's own pool. Work is handed out in chunks from a shared counter: on a
 // machine shared with other processes a descheduled worker delays nothing but
 // the chunk it holds, and one that wakes late finds no work and leaves.
@@ -178,7 +187,14 @@ class Pool {
 
   void loop(uint64_t seen) {
     for (;;) {
-      for (int i = 0; i < 4000 && gen_.load() == seen; ++i) cpu_relax();
+      // Spin for a while first: a model's next layer usually comes within a
+      // millisecond, and waking a sleeping thread (a futex, on a VM an
+      // interrupt to the host) costs a good part of a small layer's time.
+      const auto until = std::chrono::steady_clock::now() + std::chrono::microseconds(spin_us());
+      while (gen_.load() == seen) {
+        for (int i = 0; i < 64 && gen_.load() == seen; ++i) cpu_relax();
+        if (std::chrono::steady_clock::now() >= until) break;
+      }
       if (gen_.load() == seen) {
         std::unique_lock<std::mutex> l(mu_);
         cv_.wait(l, [&] { return gen_.load() != seen; });
