@@ -49,11 +49,15 @@ def random_nmq_tensor(out: int, k: int, pattern: Pattern, bits: int, group_size:
     if pattern.is_dense:
         meta = torch.zeros(out, 0, dtype=torch.uint8)
     else:
-        ranks = torch.randint(0, math.comb(pattern.m, pattern.n), (out, mgroups), generator=gen)
-        if metadata == "rank":
-            meta = bitpack.pack(ranks, pattern.rank_bits)
-        else:
-            meta = encode_meta(pattern.rank_to_positions(ranks), pattern, metadata)
+        # In chunks of rows: packing bit streams takes temporaries many times their size.
+        parts = []
+        for r0 in range(0, out, 1024):
+            ranks = torch.randint(0, math.comb(pattern.m, pattern.n), (min(out, r0 + 1024) - r0, mgroups), generator=gen)
+            if metadata == "rank":
+                parts.append(bitpack.pack(ranks, pattern.rank_bits))
+            else:
+                parts.append(encode_meta(pattern.rank_to_positions(ranks), pattern, metadata))
+        meta = torch.cat(parts)
     # Scales chosen so that dequantized weights have about the given standard deviation.
     levels = (1 << (bits - 1)) if symmetric else (1 << bits)
     s = (torch.rand(out, kp // group, generator=gen) * 0.5 + 0.75) * (scale * 1.7 / levels)

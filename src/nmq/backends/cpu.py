@@ -173,7 +173,12 @@ class CpuBackend(Backend):
         _require()
         if isinstance(t, CpuPacked):
             return t
-        t.validate()
+        for name in ("values", "meta", "scales", "zeros"):
+            f = getattr(t, name)
+            if f is not None and (f.dim() != 2 or f.shape[0] != t.out_features):
+                t.validate()  # names the field and what is wrong
+        for r0 in range(0, t.out_features, PACK_CHUNK_ROWS):  # row by row checks, bounded temporaries
+            _rows(t, r0, min(t.out_features, r0 + PACK_CHUNK_ROWS)).validate()
         kind = fast_kind(t)
         return _pack_fast(t, kind) if kind else _pack_generic(t)
 
@@ -222,10 +227,19 @@ def _pack_fast(t: NMQTensor, kind: int) -> CpuPacked:
     steps = group // PAIR_K
     vbytes, mbytes = _GEOMETRY[kind]
 
-    codes = t.codes().to(torch.uint8)  # [out, kept]
     if kind == KIND_24:
-        vals, meta = _pack24(codes, t.group_positions().to(torch.uint8), out, blocks, pairs)
-    elif kind == KIND_48:
+        # In chunks of rows: decoding the format's bit streams takes int32 and
+        # int64 temporaries many times the packed size.
+        parts = []
+        for r0 in range(0, out, PACK_CHUNK_ROWS):
+            sub = _rows(t, r0, min(out, r0 + PACK_CHUNK_ROWS))
+            parts.append(_pack24(sub.codes().to(torch.uint8), sub.group_positions().to(torch.uint8),
+                                 sub.out_features, -(-sub.out_features // ROWS), pairs))
+        vals = torch.cat([v for v, _ in parts])
+        meta = torch.cat([mt for _, mt in parts] + [torch.zeros(16, dtype=torch.uint8)])
+    else:
+        codes = t.codes().to(torch.uint8)  # [out, kept]
+    if kind == KIND_48:
         # Keep mask and codes at dense positions; padding rows keep the first N
         # of each M-group (with code 0) so every pair-step holds exactly 64 codes.
         keep = (torch.arange(kk) % m < n).expand(outp, kk).clone()
@@ -253,7 +267,7 @@ def _pack_fast(t: NMQTensor, kind: int) -> CpuPacked:
         # Two bits per row, four rows per byte, little end first.
         quad = idx.reshape(blocks * pairs, 2, 4, 4).to(torch.int32) << (2 * torch.arange(4, dtype=torch.int32))
         meta = quad.sum(-1).to(torch.uint8).reshape(blocks * pairs, 8)
-    else:
+    elif kind == KIND_DENSE:
         dense = torch.zeros(outp, kk, dtype=torch.uint8)
         dense[:out, : t.padded_in] = codes.reshape(out, t.padded_in)
         dense = dense.reshape(blocks, ROWS, pairs, 2, 4).permute(0, 2, 3, 1, 4).reshape(blocks * pairs, 2, 64)
@@ -285,6 +299,16 @@ _SLOT_CODE = (0, 2, 1, 3)
 QUAD24 = 48  # metadata bytes of 4 pair-steps of a 2:4 row block
 
 
+PACK_CHUNK_ROWS = 1024  # a multiple of ROWS
+
+
+def _rows(t: NMQTensor, r0: int, r1: int) -> NMQTensor:
+    """Rows [r0, r1) of t, sharing its storage."""
+    z = None if t.zeros is None else t.zeros[r0:r1]
+    return NMQTensor((r1 - r0, t.in_features), t.pattern, t.bits, t.group_size, t.symmetric, t.metadata,
+                     t.values[r0:r1], t.meta[r0:r1], t.scales[r0:r1], z)
+
+
 def _pack24(codes: torch.Tensor, gpos: torch.Tensor, out: int, blocks: int, pairs: int):
     """The 2:4 fast layout (see kernels.h): codes [out, kept], positions [out, K/4, 2]."""
     outp = blocks * ROWS
@@ -310,9 +334,7 @@ def _pack24(codes: torch.Tensor, gpos: torch.Tensor, out: int, blocks: int, pair
     field = field.reshape(blocks, 8, 2, quads, 4).permute(0, 3, 1, 4, 2).reshape(blocks, quads, 8, 8)
     word = (field << (6 * torch.arange(8))).sum(-1)  # 48 bits per row pair
     meta = ((word.unsqueeze(-1) >> (8 * torch.arange(6))) & 0xFF).to(torch.uint8).reshape(-1)
-    # 16 spare bytes: kernels read a quad's row pairs as 8-byte words.
-    meta = torch.cat([meta, torch.zeros(16, dtype=torch.uint8)])
-    return vals.reshape(-1), meta
+    return vals.reshape(-1), meta  # the caller appends 16 spare bytes (kernels read 8-byte words)
 
 
 def _pack_generic(t: NMQTensor) -> CpuPacked:

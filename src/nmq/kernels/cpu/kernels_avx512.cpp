@@ -503,17 +503,31 @@ static void w4a16_tile24(const FastLayout& L, const ActF& a, int b, int t0, floa
 
 // W4A16, bf16 activations: vdpbf16ps takes a row's codes in pairs. The lane's
 // words hold slots (0, 2) and, shifted right by 8, slots (1, 3), both for the
-// codes (as the bf16 128 + code: 0x4300 | code) and for the gather positions
-// (vpermw reads the low 5 bits of a word). A second dot product with ones sums
-// the gathered activations, so 128 + zero times that sum comes off at the end
-// of the group; products are exact, sums in fp32. Only called where the CPU
-// has AVX512_BF16 (this unit is built with -mavx512bf16; no other code here
-// uses those instructions).
-template <int TT>
+// codes and for the gather positions (vpermw reads the low 5 bits of a word).
+// Symmetric weights: one vpermw turns a code into the bf16 number code - 8
+// (exact). Asymmetric ones: the code becomes the bf16 128 + code (0x4300 |
+// code, exact), a second dot product with ones sums the gathered activations,
+// and 128 + zero times that sum comes off at the end of the group. Products
+// are exact, sums fp32. Only called where the CPU has AVX512_BF16 (this unit is
+// built with -mavx512bf16; no other code here uses those instructions).
+alignas(64) static const struct TabBf16 {
+  uint16_t centered[32];  // bf16 of (i & 15) - 8
+  TabBf16() {
+    for (int i = 0; i < 32; ++i) {
+      const float f = float((i & 15) - 8);
+      uint32_t bits;
+      std::memcpy(&bits, &f, 4);
+      centered[i] = uint16_t(bits >> 16);  // exact: small integers
+    }
+  }
+} tab_bf16;
+
+template <int TT, bool SYM>
 static void w4a16bf_tile24(const FastLayout& L, const ActF& a, int b, int t0, float* y) {
   constexpr int NC = TT == 1 ? 2 : 1;
   const int G = L.groups;
   const __m512i nib = _mm512_set1_epi32(0x000F000F), c43 = _mm512_set1_epi32(0x43004300);
+  const __m512i lut = _mm512_load_si512(tab_bf16.centered);
   const __m512bh ones = (__m512bh)_mm512_set1_epi16(0x3F80);
   const uint16_t* xb[TT];
   __m512 yv[TT];
@@ -524,8 +538,6 @@ static void w4a16bf_tile24(const FastLayout& L, const ActF& a, int b, int t0, fl
   }
   for (int g = 0; g < G; ++g) {
     const size_t blk = size_t(b) * G + g;
-    __m512i zd, zf;
-    zero_vectors(L, blk, zd, zf);
     __m512 acc[TT][2 * NC], sx[TT][2 * NC];
 #pragma GCC unroll 8
     for (int t = 0; t < TT; ++t)
@@ -533,8 +545,14 @@ static void w4a16bf_tile24(const FastLayout& L, const ActF& a, int b, int t0, fl
       for (int c = 0; c < 2 * NC; ++c) acc[t][c] = sx[t][c] = _mm512_setzero_ps();
     walk24(L, b, g, [&](auto parity, int k, __m512i codes, __m512i idx) __attribute__((always_inline)) {
       constexpr int c = NC == 2 ? 2 * decltype(parity)::value : 0;
-      const __m512bh w0 = (__m512bh)_mm512_ternarylogic_epi32(codes, nib, c43, 0xEA);
-      const __m512bh w1 = (__m512bh)_mm512_ternarylogic_epi32(_mm512_srli_epi32(codes, 8), nib, c43, 0xEA);
+      __m512bh w0, w1;
+      if constexpr (SYM) {
+        w0 = (__m512bh)_mm512_permutexvar_epi16(codes, lut);
+        w1 = (__m512bh)_mm512_permutexvar_epi16(_mm512_srli_epi32(codes, 8), lut);
+      } else {
+        w0 = (__m512bh)_mm512_ternarylogic_epi32(codes, nib, c43, 0xEA);
+        w1 = (__m512bh)_mm512_ternarylogic_epi32(_mm512_srli_epi32(codes, 8), nib, c43, 0xEA);
+      }
       const __m512i i1 = _mm512_srli_epi32(idx, 8);
 #pragma GCC unroll 8
       for (int t = 0; t < TT; ++t) {
@@ -543,20 +561,28 @@ static void w4a16bf_tile24(const FastLayout& L, const ActF& a, int b, int t0, fl
         const __m512bh g1 = (__m512bh)_mm512_permutexvar_epi16(i1, xv);
         acc[t][c] = _mm512_dpbf16_ps(acc[t][c], w0, g0);
         acc[t][c + 1] = _mm512_dpbf16_ps(acc[t][c + 1], w1, g1);
-        sx[t][c] = _mm512_dpbf16_ps(sx[t][c], ones, g0);
-        sx[t][c + 1] = _mm512_dpbf16_ps(sx[t][c + 1], ones, g1);
+        if constexpr (!SYM) {
+          sx[t][c] = _mm512_dpbf16_ps(sx[t][c], ones, g0);
+          sx[t][c + 1] = _mm512_dpbf16_ps(sx[t][c + 1], ones, g1);
+        }
       }
     });
-    const __m512 zoff = _mm512_cvtepi32_ps(_mm512_add_epi32(zd, _mm512_set1_epi32(128)));
+    __m512 zoff = _mm512_setzero_ps();
+    if constexpr (!SYM) {
+      __m512i zd, zf;
+      zero_vectors(L, blk, zd, zf);
+      zoff = _mm512_cvtepi32_ps(_mm512_add_epi32(zd, _mm512_set1_epi32(128)));
+    }
     const __m512 sw = _mm512_cvtph_ps(_mm256_loadu_si256(reinterpret_cast<const __m256i*>(L.scales + blk * ROWS)));
 #pragma GCC unroll 8
     for (int t = 0; t < TT; ++t) {
-      __m512 r = _mm512_add_ps(acc[t][0], acc[t][1]), q = _mm512_add_ps(sx[t][0], sx[t][1]);
-      if constexpr (NC == 2) {
-        r = _mm512_add_ps(r, _mm512_add_ps(acc[t][2], acc[t][3]));
-        q = _mm512_add_ps(q, _mm512_add_ps(sx[t][2], sx[t][3]));
+      __m512 r = _mm512_add_ps(acc[t][0], acc[t][1]);
+      if constexpr (NC == 2) r = _mm512_add_ps(r, _mm512_add_ps(acc[t][2], acc[t][3]));
+      if constexpr (!SYM) {
+        __m512 q = _mm512_add_ps(sx[t][0], sx[t][1]);
+        if constexpr (NC == 2) q = _mm512_add_ps(q, _mm512_add_ps(sx[t][2], sx[t][3]));
+        r = _mm512_sub_ps(r, _mm512_mul_ps(zoff, q));
       }
-      r = _mm512_sub_ps(r, _mm512_mul_ps(zoff, q));
       yv[t] = _mm512_add_ps(yv[t], _mm512_mul_ps(sw, r));
     }
   }
@@ -565,15 +591,23 @@ static void w4a16bf_tile24(const FastLayout& L, const ActF& a, int b, int t0, fl
   for (int t = 0; t < TT; ++t) _mm512_mask_storeu_ps(y + size_t(t0 + t) * L.out + size_t(b) * ROWS, rm, yv[t]);
 }
 
-static void fast_w4a16_bf16(const FastLayout& L, const ActF& a, int b0, int b1, float* y) {
+template <bool SYM>
+static void w4a16bf_blocks(const FastLayout& L, const ActF& a, int b0, int b1, float* y) {
   const int T = a.tokens;
   for (int b = b0; b < b1; ++b) {
     int t = 0;
-    for (; t + 8 <= T; t += 8) w4a16bf_tile24<8>(L, a, b, t, y);
-    if (T - t >= 4) w4a16bf_tile24<4>(L, a, b, t, y), t += 4;
-    if (T - t >= 2) w4a16bf_tile24<2>(L, a, b, t, y), t += 2;
-    if (T - t >= 1) w4a16bf_tile24<1>(L, a, b, t, y);
+    for (; t + 8 <= T; t += 8) w4a16bf_tile24<8, SYM>(L, a, b, t, y);
+    if (T - t >= 4) w4a16bf_tile24<4, SYM>(L, a, b, t, y), t += 4;
+    if (T - t >= 2) w4a16bf_tile24<2, SYM>(L, a, b, t, y), t += 2;
+    if (T - t >= 1) w4a16bf_tile24<1, SYM>(L, a, b, t, y);
   }
+}
+
+static void fast_w4a16_bf16(const FastLayout& L, const ActF& a, int b0, int b1, float* y) {
+  if (L.symmetric)
+    w4a16bf_blocks<true>(L, a, b0, b1, y);
+  else
+    w4a16bf_blocks<false>(L, a, b0, b1, y);
 }
 
 template <int KIND>
