@@ -162,13 +162,14 @@ def run_kernels(args: argparse.Namespace) -> int:
         for _ in range(args.runs):
             for r in batch_rows:
                 # Thread pools (ONNX Runtime's, OpenMP's, nmq's) spin for a while
-                # after their work: let them go idle so no row pays for the
-                # previous row's spinning. Then one untimed pass wakes the row's
+                # after their work (ONNX Runtime's for some 20-100 ms here): let
+                # them go idle so no row pays for the previous row's spinning.
+                # Then one untimed pass wakes the row's
                 # threads and cores (idle cores of a VM restart slowly, which
                 # would add milliseconds to a pass), and the next pass is timed:
                 # steady state, as when a model's layers run back to back.
                 # Both passes stream all layers, far more than the caches hold.
-                time.sleep(0.02)
+                time.sleep(0.1)
                 r.fn()
                 t0 = time.perf_counter()
                 r.fn()

@@ -169,6 +169,8 @@ static void quantize16(const float* x, int t0, int t1, const Act8& a) {
   }
 }
 
+constexpr int PF_FAST = 1536;  // prefetch distance (bytes) of the 4:8, 1:4 and dense value streams
+
 template <int KIND, int TT>
 static void w4a8_tile(const FastLayout& L, const Act8& a, int b, int t0, float* y, int32_t* P) {
   constexpr int VB = Geometry<KIND>::VB, MB = Geometry<KIND>::MB;
@@ -208,7 +210,10 @@ static void w4a8_tile(const FastLayout& L, const Act8& a, int b, int t0, float* 
     int s = 0;
     if constexpr (NC == 4) {
       for (; s + 1 < S; s += 2) {
-        _mm_prefetch(reinterpret_cast<const char*>(v + size_t(s) * VB + 1024), _MM_HINT_T0);
+        // Every cache line of the two steps ahead (dense steps are a line each).
+        for (int l = 0; l < 2 * VB; l += 64)
+          _mm_prefetch(reinterpret_cast<const char*>(v + size_t(s) * VB + PF_FAST + l), _MM_HINT_T0);
+        if constexpr (MB > 0) _mm_prefetch(reinterpret_cast<const char*>(m + size_t(s) * MB + PF_FAST / 2), _MM_HINT_T0);
         step(s, std::integral_constant<int, 0>{});
         step(s + 1, std::integral_constant<int, 2>{});
       }

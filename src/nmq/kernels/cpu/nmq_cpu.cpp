@@ -115,14 +115,6 @@ int spin_us() {
   return us;
 }
 
-bool spin_pause() {
-  static const bool p = [] {
-    const char* env = std::getenv("NMQ_SPIN_PAUSE");
-    return env ? std::atoi(env) != 0 : true;
-  }();
-  return p;
-}
-
 inline void cpu_relax() {
 #if defined(__x86_64__) || defined(_M_X64)
   _mm_pause();
@@ -200,8 +192,7 @@ class Pool {
       // interrupt to the host) costs a good part of a small layer's time.
       const auto until = std::chrono::steady_clock::now() + std::chrono::microseconds(spin_us());
       while (gen_.load() == seen) {
-        for (int i = 0; i < 64 && gen_.load() == seen; ++i)
-          if (spin_pause()) cpu_relax();
+        for (int i = 0; i < 64 && gen_.load() == seen; ++i) cpu_relax();
         if (std::chrono::steady_clock::now() >= until) break;
       }
       if (gen_.load() == seen) {
