@@ -297,10 +297,11 @@ def test_env_var_forces_level_in_a_fresh_process():
     assert "NMQ_CPU_ISA=nonsense is not available" in out.stdout
 
 
-def test_2_4_layout_built_in_row_chunks(backend, rng, monkeypatch):
-    t = _weight(100, 256, (2, 4), 4, 64, False, rng)
+@pytest.mark.parametrize("pattern", [(2, 4), (4, 8), (1, 4), (4, 4)])
+def test_fast_layouts_built_in_row_chunks(backend, rng, monkeypatch, pattern):
+    t = _weight(100, 256, pattern, 4, 64, False, rng)
     whole = backend.prepack(t)
     monkeypatch.setattr(cpu, "PACK_CHUNK_ROWS", 32)
     chunked = backend.prepack(t)
-    assert all(torch.equal(a, b) for a, b in zip(whole.buffers, chunked.buffers))
+    assert chunked.fast and all(torch.equal(a, b) for a, b in zip(whole.buffers, chunked.buffers))
     _check(backend, t, _acts(5, 256, rng))

@@ -216,29 +216,14 @@ def _max_abs_weight(t: NMQTensor) -> int:
     return (1 << t.bits) - 1 if not t.symmetric else 1 << (t.bits - 1)
 
 
-def _pack_fast(t: NMQTensor, kind: int) -> CpuPacked:
+def _pack_rows(t: NMQTensor, kind: int, kk: int, pairs: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """Values and metadata of the fast layout for all rows of t (a chunk of whole row blocks)."""
     out, n, m = t.out_features, t.pattern.n, t.pattern.m
-    kk = -(-t.padded_in // PAIR_K) * PAIR_K
-    group = kk if t.group_size == -1 else t.group
-    groups = kk // group
     blocks = -(-out // ROWS)
     outp = blocks * ROWS
-    pairs = kk // PAIR_K
-    steps = group // PAIR_K
-    vbytes, mbytes = _GEOMETRY[kind]
-
     if kind == KIND_24:
-        # In chunks of rows: decoding the format's bit streams takes int32 and
-        # int64 temporaries many times the packed size.
-        parts = []
-        for r0 in range(0, out, PACK_CHUNK_ROWS):
-            sub = _rows(t, r0, min(out, r0 + PACK_CHUNK_ROWS))
-            parts.append(_pack24(sub.codes().to(torch.uint8), sub.group_positions().to(torch.uint8),
-                                 sub.out_features, -(-sub.out_features // ROWS), pairs))
-        vals = torch.cat([v for v, _ in parts])
-        meta = torch.cat([mt for _, mt in parts] + [torch.zeros(16, dtype=torch.uint8)])
-    else:
-        codes = t.codes().to(torch.uint8)  # [out, kept]
+        return _pack24(t.codes().to(torch.uint8), t.group_positions().to(torch.uint8), out, blocks, pairs)
+    codes = t.codes().to(torch.uint8)  # [out, kept]
     if kind == KIND_48:
         # Keep mask and codes at dense positions; padding rows keep the first N
         # of each M-group (with code 0) so every pair-step holds exactly 64 codes.
@@ -273,6 +258,29 @@ def _pack_fast(t: NMQTensor, kind: int) -> CpuPacked:
         dense = dense.reshape(blocks, ROWS, pairs, 2, 4).permute(0, 2, 3, 1, 4).reshape(blocks * pairs, 2, 64)
         vals = dense[:, 0] | (dense[:, 1] << 4)
         meta = torch.zeros(0, dtype=torch.uint8)
+    return vals, meta
+
+
+def _pack_fast(t: NMQTensor, kind: int) -> CpuPacked:
+    out = t.out_features
+    kk = -(-t.padded_in // PAIR_K) * PAIR_K
+    group = kk if t.group_size == -1 else t.group
+    groups = kk // group
+    blocks = -(-out // ROWS)
+    outp = blocks * ROWS
+    pairs = kk // PAIR_K
+    steps = group // PAIR_K
+    vbytes, mbytes = _GEOMETRY[kind]
+
+    # In chunks of rows: decoding the format's bit streams takes int32 and
+    # int64 temporaries many times the packed size. Layouts are row-block
+    # major, so the chunks' bytes simply follow each other.
+    parts = [_pack_rows(_rows(t, r0, min(out, r0 + PACK_CHUNK_ROWS)), kind, kk, pairs)
+             for r0 in range(0, out, PACK_CHUNK_ROWS)]
+    vals = torch.cat([v.reshape(-1) for v, _ in parts])
+    meta = torch.cat([mt.reshape(-1) for _, mt in parts])
+    if kind == KIND_24:
+        meta = torch.cat([meta, torch.zeros(16, dtype=torch.uint8)])  # kernels read 8-byte words
 
     scales = torch.zeros(outp, groups, dtype=torch.float16)
     scales[:out] = t.scales
