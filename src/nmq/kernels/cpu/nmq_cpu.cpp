@@ -287,10 +287,23 @@ struct Prepared {
   ActF af;
 };
 
-void prepare(const Ops* ops, Prepared& p, const Input& in, int kk, int group, int groups, bool w4a8) {
+// How a call's kernels read the activations.
+enum class Acts { INT8, FP32, BF16 };
+
+// The activations in the form the kernels read, built once per call: int8
+// codes per (token, group) (INT8), fp32 with group sums (FP32), or the bf16
+// values as given (BF16); all zero padded to kk.
+void prepare(const Ops* ops, Prepared& p, const Input& in, int kk, int group, int groups, Acts mode) {
   const int tokens = in.tokens;
+  if (mode == Acts::BF16) {
+    const uint16_t* src = static_cast<const uint16_t*>(in.x);
+    p.xb.assign(size_t(tokens) * kk, 0);
+    for (int t = 0; t < tokens; ++t) std::memcpy(&p.xb[size_t(t) * kk], src + size_t(t) * in.k, 2 * size_t(in.k));
+    p.af = ActF{tokens, kk, groups, group, nullptr, nullptr, p.xb.data()};
+    return;
+  }
   p.x = padded_input(in, kk);
-  if (w4a8) {
+  if (mode == Acts::INT8) {
     p.q.assign(size_t(tokens) * kk, 0);
     p.scale.assign(size_t(tokens) * groups, 0.f);
     p.qsum.assign(size_t(tokens) * groups, 0);
@@ -309,13 +322,23 @@ void prepare(const Ops* ops, Prepared& p, const Input& in, int kk, int group, in
   }
 }
 
-// bf16 activations as given, zero padded to kk.
-void padded_bf16(Prepared& p, const Input& in, int kk) {
-  const uint16_t* src = static_cast<const uint16_t*>(in.x);
-  p.xb.assign(size_t(in.tokens) * kk, 0);
-  for (int t = 0; t < in.tokens; ++t)
-    std::memcpy(&p.xb[size_t(t) * kk], src + size_t(t) * in.k, 2 * size_t(in.k));
-  p.af.xb = p.xb.data();
+template <typename T>
+T* ptr(uintptr_t p) {
+  return reinterpret_cast<T*>(p);
+}
+
+// One call of a weight's kernels: activations prepared, then
+// kernel(ops, prepared, lo, hi, y, P) over work items [0, n) on the pool.
+// x, y and P are addresses the Python side has checked (P may be 0).
+template <typename Kernel>
+void run_call(uintptr_t x, bool bf16, int tokens, int k, int kk, int group, int groups, Acts mode, int n,
+              const Ops* ops, uintptr_t y, uintptr_t P, Kernel&& kernel) {
+  const Input in{ptr<const void>(x), bf16, tokens, k};
+  Prepared p;
+  prepare(ops, p, in, kk, group, groups, mode);
+  float* yp = ptr<float>(y);
+  int32_t* pp = ptr<int32_t>(P);
+  pool().run(n, chunk_for(n), [&](int lo, int hi) { kernel(p, lo, hi, yp, pp); });
 }
 
 template <typename T>
@@ -363,22 +386,19 @@ struct FastWeight {
     if (tokens <= 0) return;
     nb::gil_scoped_release release;
     const Ops* ops = current_ops();
-    const Input in{ptr<const void>(x), bf16, tokens, k};
-    float* yp = ptr<float>(y);
-    int32_t* pp = ptr<int32_t>(P);
-    Prepared p;
-    prepare(ops, p, in, L.kk, L.group, L.groups, w4a8);
     // bf16 activations keep their precision on the bf16 dot-product kernel.
-    const bool use_bf16 = !w4a8 && bf16 && L.kind == KIND_24 && ops->fast_w4a16_bf16 && cpu_has_avx512_bf16();
-    if (use_bf16) padded_bf16(p, in, L.kk);
-    pool().run(L.blocks, chunk_for(L.blocks), [&](int lo, int hi) {
-      if (w4a8)
-        ops->fast_w4a8(L, p.a8, lo, hi, yp, pp);
-      else if (use_bf16)
-        ops->fast_w4a16_bf16(L, p.af, lo, hi, yp);
-      else
-        ops->fast_w4a16(L, p.af, lo, hi, yp);
-    });
+    const bool bf16_kernel =
+        !w4a8 && bf16 && L.kind == KIND_24 && ops->fast_w4a16_bf16 && cpu_has_avx512_bf16();
+    const Acts mode = w4a8 ? Acts::INT8 : bf16_kernel ? Acts::BF16 : Acts::FP32;
+    run_call(x, bf16, tokens, k, L.kk, L.group, L.groups, mode, L.blocks, ops, y, P,
+             [&](const Prepared& p, int lo, int hi, float* yp, int32_t* pp) {
+               if (mode == Acts::INT8)
+                 ops->fast_w4a8(L, p.a8, lo, hi, yp, pp);
+               else if (mode == Acts::BF16)
+                 ops->fast_w4a16_bf16(L, p.af, lo, hi, yp);
+               else
+                 ops->fast_w4a16(L, p.af, lo, hi, yp);
+             });
   }
 };
 
@@ -429,17 +449,13 @@ struct GenericWeight {
     if (tokens <= 0) return;
     nb::gil_scoped_release release;
     const Ops* ops = current_ops();
-    const Input in{ptr<const void>(x), bf16, tokens, k};
-    float* yp = ptr<float>(y);
-    int32_t* pp = ptr<int32_t>(P);
-    Prepared p;
-    prepare(ops, p, in, L.padded_in, L.group, L.groups, w4a8);
-    pool().run(L.out, chunk_for(L.out), [&](int lo, int hi) {
-      if (w4a8)
-        ops->generic_w4a8(L, p.a8, lo, hi, yp, pp);
-      else
-        ops->generic_w4a16(L, p.af, lo, hi, yp);
-    });
+    run_call(x, bf16, tokens, k, L.padded_in, L.group, L.groups, w4a8 ? Acts::INT8 : Acts::FP32, L.out, ops, y, P,
+             [&](const Prepared& p, int lo, int hi, float* yp, int32_t* pp) {
+               if (w4a8)
+                 ops->generic_w4a8(L, p.a8, lo, hi, yp, pp);
+               else
+                 ops->generic_w4a16(L, p.af, lo, hi, yp);
+             });
   }
 };
 
