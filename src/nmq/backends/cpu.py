@@ -146,7 +146,10 @@ class CpuPacked:
 
     def copy(self) -> "CpuPacked":
         """An independent copy, in its own (huge-page) memory like the original."""
-        own = _hugepage_copy(tuple(b.clone() for b in self.buffers[:4]))
+        bufs = self.buffers[:4]
+        own = _hugepage_copy(bufs)
+        if own is bufs:  # small layouts stay where they are: clone them
+            own = tuple(b.clone() for b in bufs)
         return CpuPacked(self.shape, self.groups, self.fast, list(self.params), own + self.buffers[4:],
                          self.max_abs_weight, self.group)
 

@@ -422,24 +422,3 @@ def _kernels(text: str | None) -> list[str]:
             raise BenchError(f"--kernels: {k!r} is unknown; accepted: {', '.join(ALL_KERNELS)}")
     return out
 
-
-def main(argv: list[str] | None = None) -> int:
-    """Run the benchmark without the nmq CLI (``python -m nmq.bench.kernels``)."""
-    common = argparse.ArgumentParser(add_help=False)
-    common.add_argument("--debug", action="store_true")
-    common.add_argument("--quiet", action="store_true")
-    parser = argparse.ArgumentParser(prog="nmq bench")
-    sub = parser.add_subparsers(dest="bench", required=True)
-    add_parser(sub, common)
-    args = parser.parse_args(argv)
-    try:
-        return args.func(args)
-    except NMQError as exc:
-        if args.debug:
-            raise
-        print(f"nmq: error: {exc}", file=sys.stderr)
-        return 2
-
-
-if __name__ == "__main__":
-    sys.exit(main())
