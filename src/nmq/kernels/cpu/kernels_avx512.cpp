@@ -137,6 +137,31 @@ static NMQ_INLINE __mmask16 row_mask(const FastLayout& L, int b) {
   return rows >= 16 ? __mmask16(0xFFFF) : __mmask16((1u << rows) - 1u);
 }
 
+// End of a (row block, group) on the W4A8 path for token t: the exact partial
+// sums go to P when asked, and s_w * s_x * P is what to add to the output
+// (the same fp32 operations, in the same order, as the reference).
+static NMQ_INLINE __m512 w4a8_group_end(const FastLayout& L, const Act8& a, int b, int t, int g, __m512i p,
+                                        __m512 sw, int32_t* P) {
+  const size_t tg = size_t(t) * L.groups + g;
+  if (P) {
+    alignas(64) int32_t tmp[16];
+    _mm512_store_si512(tmp, p);
+    const int rows = std::min(ROWS, L.out - b * ROWS);
+    for (int r = 0; r < rows; ++r) P[(size_t(t) * L.out + size_t(b) * ROWS + r) * L.groups + g] = tmp[r];
+  }
+  return _mm512_mul_ps(_mm512_mul_ps(sw, _mm512_set1_ps(a.scale[tg])), _mm512_cvtepi32_ps(p));
+}
+
+// tile(tokens-per-tile, first token) over [0, T) in tiles of 8, then 4, 2, 1.
+template <typename Tile>
+static NMQ_INLINE void by_token_tiles(int T, Tile&& tile) {
+  int t = 0;
+  for (; t + 8 <= T; t += 8) tile(std::integral_constant<int, 8>{}, t);
+  if (T - t >= 4) tile(std::integral_constant<int, 4>{}, t), t += 4;
+  if (T - t >= 2) tile(std::integral_constant<int, 2>{}, t), t += 2;
+  if (T - t >= 1) tile(std::integral_constant<int, 1>{}, t);
+}
+
 // The activation quantizer of kernels_impl.h, 16 lanes at a time with the
 // very same fp32 operations (true division, round half to even, clamp), so
 // the codes are identical; max and integer sums do not depend on order.
@@ -224,17 +249,8 @@ static void w4a8_tile(const FastLayout& L, const Act8& a, int b, int t0, float* 
     for (int t = 0; t < TT; ++t) {
       __m512i p = _mm512_add_epi32(acc[t][0], acc[t][1]);
       if constexpr (NC == 4) p = _mm512_add_epi32(p, _mm512_add_epi32(acc[t][2], acc[t][3]));
-      const size_t tg = size_t(t0 + t) * G + g;
-      p = _mm512_sub_epi32(p, _mm512_mullo_epi32(zd, _mm512_set1_epi32(a.qsum[tg])));
-      if (P) {
-        alignas(64) int32_t tmp[16];
-        _mm512_store_si512(tmp, p);
-        const int rows = std::min(ROWS, L.out - b * ROWS);
-        for (int r = 0; r < rows; ++r) P[(size_t(t0 + t) * L.out + size_t(b) * ROWS + r) * G + g] = tmp[r];
-      }
-      // Same fp32 operations, in the same order, as the reference.
-      __m512 f = _mm512_mul_ps(_mm512_mul_ps(sw, _mm512_set1_ps(a.scale[tg])), _mm512_cvtepi32_ps(p));
-      yv[t] = _mm512_add_ps(yv[t], f);
+      p = _mm512_sub_epi32(p, _mm512_mullo_epi32(zd, _mm512_set1_epi32(a.qsum[size_t(t0 + t) * G + g])));
+      yv[t] = _mm512_add_ps(yv[t], w4a8_group_end(L, a, b, t0 + t, g, p, sw, P));
     }
   }
   const __mmask16 rm = row_mask(L, b);
@@ -432,15 +448,7 @@ static void w4a8_tile24(const FastLayout& L, const Act8& a, int b, int t0, float
       __m512i p = acc[t][0];
       if constexpr (NC == 2) p = _mm512_add_epi32(p, acc[t][1]);
       p = _mm512_sub_epi32(p, corr);
-      const size_t tg = size_t(t0 + t) * G + g;
-      if (P) {
-        alignas(64) int32_t tmp[16];
-        _mm512_store_si512(tmp, p);
-        const int rows = std::min(ROWS, L.out - b * ROWS);
-        for (int r = 0; r < rows; ++r) P[(size_t(t0 + t) * L.out + size_t(b) * ROWS + r) * G + g] = tmp[r];
-      }
-      __m512 f = _mm512_mul_ps(_mm512_mul_ps(sw, _mm512_set1_ps(a.scale[tg])), _mm512_cvtepi32_ps(p));
-      yv[t] = _mm512_add_ps(yv[t], f);
+      yv[t] = _mm512_add_ps(yv[t], w4a8_group_end(L, a, b, t0 + t, g, p, sw, P));
     }
   }
   const __mmask16 rm = row_mask(L, b);
@@ -598,14 +606,8 @@ static void w4a16bf_tile24(const FastLayout& L, const ActF& a, int b, int t0, fl
 
 template <bool SYM>
 static void w4a16bf_blocks(const FastLayout& L, const ActF& a, int b0, int b1, float* y) {
-  const int T = a.tokens;
-  for (int b = b0; b < b1; ++b) {
-    int t = 0;
-    for (; t + 8 <= T; t += 8) w4a16bf_tile24<8, SYM>(L, a, b, t, y);
-    if (T - t >= 4) w4a16bf_tile24<4, SYM>(L, a, b, t, y), t += 4;
-    if (T - t >= 2) w4a16bf_tile24<2, SYM>(L, a, b, t, y), t += 2;
-    if (T - t >= 1) w4a16bf_tile24<1, SYM>(L, a, b, t, y);
-  }
+  for (int b = b0; b < b1; ++b)
+    by_token_tiles(a.tokens, [&](auto tt, int t) { w4a16bf_tile24<decltype(tt)::value, SYM>(L, a, b, t, y); });
 }
 
 static void fast_w4a16_bf16(const FastLayout& L, const ActF& a, int b0, int b1, float* y) {
@@ -617,46 +619,26 @@ static void fast_w4a16_bf16(const FastLayout& L, const ActF& a, int b0, int b1, 
 
 template <int KIND>
 static void w4a8_kind(const FastLayout& L, const Act8& a, int b0, int b1, float* y, int32_t* P) {
-  const int T = a.tokens;
-  if constexpr (KIND == KIND_24) {
-    for (int b = b0; b < b1; ++b) {
-      int t = 0;
-      for (; t + 8 <= T; t += 8) w4a8_tile24<8>(L, a, b, t, y, P);
-      if (T - t >= 4) w4a8_tile24<4>(L, a, b, t, y, P), t += 4;
-      if (T - t >= 2) w4a8_tile24<2>(L, a, b, t, y, P), t += 2;
-      if (T - t >= 1) w4a8_tile24<1>(L, a, b, t, y, P);
-    }
-  } else {
-    for (int b = b0; b < b1; ++b) {
-      int t = 0;
-      for (; t + 8 <= T; t += 8) w4a8_tile<KIND, 8>(L, a, b, t, y, P);
-      if (T - t >= 4) w4a8_tile<KIND, 4>(L, a, b, t, y, P), t += 4;
-      if (T - t >= 2) w4a8_tile<KIND, 2>(L, a, b, t, y, P), t += 2;
-      if (T - t >= 1) w4a8_tile<KIND, 1>(L, a, b, t, y, P);
-    }
-  }
+  for (int b = b0; b < b1; ++b)
+    by_token_tiles(a.tokens, [&](auto tt, int t) {
+      constexpr int TT = decltype(tt)::value;
+      if constexpr (KIND == KIND_24)
+        w4a8_tile24<TT>(L, a, b, t, y, P);
+      else
+        w4a8_tile<KIND, TT>(L, a, b, t, y, P);
+    });
 }
 
 template <int KIND>
 static void w4a16_kind(const FastLayout& L, const ActF& a, int b0, int b1, float* y) {
-  const int T = a.tokens;
-  if constexpr (KIND == KIND_24) {
-    for (int b = b0; b < b1; ++b) {
-      int t = 0;
-      for (; t + 8 <= T; t += 8) w4a16_tile24<8>(L, a, b, t, y);
-      if (T - t >= 4) w4a16_tile24<4>(L, a, b, t, y), t += 4;
-      if (T - t >= 2) w4a16_tile24<2>(L, a, b, t, y), t += 2;
-      if (T - t >= 1) w4a16_tile24<1>(L, a, b, t, y);
-    }
-  } else {
-    for (int b = b0; b < b1; ++b) {
-      int t = 0;
-      for (; t + 8 <= T; t += 8) w4a16_tile<KIND, 8>(L, a, b, t, y);
-      if (T - t >= 4) w4a16_tile<KIND, 4>(L, a, b, t, y), t += 4;
-      if (T - t >= 2) w4a16_tile<KIND, 2>(L, a, b, t, y), t += 2;
-      if (T - t >= 1) w4a16_tile<KIND, 1>(L, a, b, t, y);
-    }
-  }
+  for (int b = b0; b < b1; ++b)
+    by_token_tiles(a.tokens, [&](auto tt, int t) {
+      constexpr int TT = decltype(tt)::value;
+      if constexpr (KIND == KIND_24)
+        w4a16_tile24<TT>(L, a, b, t, y);
+      else
+        w4a16_tile<KIND, TT>(L, a, b, t, y);
+    });
 }
 
 static void fast_w4a8_simd(const FastLayout& L, const Act8& a, int b0, int b1, float* y, int32_t* P) {
