@@ -328,7 +328,7 @@ T* ptr(uintptr_t p) {
 }
 
 // One call of a weight's kernels: activations prepared, then
-// kernel(ops, prepared, lo, hi, y, P) over work items [0, n) on the pool.
+// kernel(prepared, lo, hi, y, P) over work items [0, n) on the pool.
 // x, y and P are addresses the Python side has checked (P may be 0).
 template <typename Kernel>
 void run_call(uintptr_t x, bool bf16, int tokens, int k, int kk, int group, int groups, Acts mode, int n,
@@ -339,11 +339,6 @@ void run_call(uintptr_t x, bool bf16, int tokens, int k, int kk, int group, int 
   float* yp = ptr<float>(y);
   int32_t* pp = ptr<int32_t>(P);
   pool().run(n, chunk_for(n), [&](int lo, int hi) { kernel(p, lo, hi, yp, pp); });
-}
-
-template <typename T>
-T* ptr(uintptr_t p) {
-  return reinterpret_cast<T*>(p);
 }
 
 // A weight in the fast layout, checked once when built; holds its buffers.
