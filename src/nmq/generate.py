@@ -1,7 +1,9 @@
 """Text generation with timing: prefill, per-token decode latency, tokens/s.
 
-The model's own ``generate`` runs with its KV cache; compressed layers run
-on the chosen backend. Tokens stream to a callback as they are produced.
+LLaMA-architecture models decode on :class:`nmq.decoder.LlamaDecoder` (a KV
+cache and only the ops the arithmetic needs), others on their own
+``generate``; compressed layers run on the chosen backend. Tokens stream to a
+callback as they are produced.
 
 >>> import nmq
 >>> from nmq.text import ByteTokenizer
@@ -75,17 +77,56 @@ class _Streamer:
             self.shown = text
 
 
+def _eos_ids(model) -> list[int]:
+    eos = getattr(getattr(model, "generation_config", None), "eos_token_id", None)
+    return [] if eos is None else [eos] if isinstance(eos, int) else list(eos)
+
+
+@torch.no_grad()
+def _lean_generate(model, ids: torch.Tensor, max_new_tokens: int, streamer: _Streamer, temperature: float) -> None:
+    """What ``model.generate`` does here (exactly ``max_new_tokens``, so end-of-sequence is never chosen), on
+    :class:`nmq.decoder.LlamaDecoder`."""
+    from .decoder import LlamaDecoder
+
+    dec = LlamaDecoder(model, ids.shape[1] + max_new_tokens)
+    eos = _eos_ids(model)
+    streamer.put(ids)
+    token = ids
+    for _ in range(max_new_tokens):
+        logits = dec.step(token)
+        if eos:
+            logits[eos] = float("-inf")
+        if temperature > 0:
+            nxt = torch.multinomial(torch.softmax(logits / temperature, dim=-1), 1)
+        else:
+            nxt = logits.argmax().reshape(1)
+        streamer.put(nxt)
+        token = nxt.view(1, 1)
+    streamer.end()
+
+
 @torch.no_grad()
 def generate_ids(model, ids: torch.Tensor, max_new_tokens: int = 64, tokenizer=None, on_text=None,
-                 temperature: float = 0.0, seed: int = 0) -> Generation:
-    """Continue token ids ``[1, prompt]`` by exactly ``max_new_tokens``, timing each step."""
+                 temperature: float = 0.0, seed: int = 0, decoder: str = "auto") -> Generation:
+    """Continue token ids ``[1, prompt]`` by exactly ``max_new_tokens``, timing each step.
+
+    ``decoder``: ``auto`` runs LLaMA-architecture models on :class:`nmq.decoder.LlamaDecoder` and others on
+    their own ``generate``; ``hf`` always uses ``generate``.
+    """
+    from .decoder import supports
+
+    if decoder not in ("auto", "hf"):
+        raise ValueError(f"decoder must be 'auto' or 'hf', got {decoder!r}")
     streamer = _Streamer(tokenizer, on_text if tokenizer is not None else None)
     sample = temperature > 0
     torch.manual_seed(seed)
     start = time.perf_counter()
-    model.generate(ids, attention_mask=torch.ones_like(ids), max_new_tokens=max_new_tokens, min_new_tokens=max_new_tokens,
-                   do_sample=sample, temperature=temperature if sample else None, top_p=None, top_k=None,
-                   streamer=streamer, pad_token_id=0)
+    if decoder == "auto" and supports(model) and ids.shape[0] == 1:
+        _lean_generate(model, ids, max_new_tokens, streamer, temperature)
+    else:
+        model.generate(ids, attention_mask=torch.ones_like(ids), max_new_tokens=max_new_tokens,
+                       min_new_tokens=max_new_tokens, do_sample=sample, temperature=temperature if sample else None,
+                       top_p=None, top_k=None, streamer=streamer, pad_token_id=0)
     times = [start] + streamer.times
     return Generation(
         prompt="",

@@ -85,6 +85,11 @@ struct Act8 {
   const float* scale = nullptr;  // [tokens][groups]
   const int32_t* qsum = nullptr; // [tokens][groups]
   const uint8_t* qu = nullptr;   // q + 128 as unsigned bytes, [tokens][kk]
+  // For levels with a pair_table24: per token and pair-step, the q + 128 of
+  // every pair a 2:4 row can keep, [tokens][kk / 8][32]. Byte 2r + e is
+  // element e of pair r (PAIR24) of K 0..3, byte 16 + 2r + e the same for K
+  // 4..7; bytes 12..15 and 28..31 are never read.
+  const uint8_t* pairs24 = nullptr;
 };
 
 struct ActF {
@@ -111,6 +116,9 @@ struct Ops {
   // Rows [r0, r1) of the canonical layout.
   void (*generic_w4a8)(const GenericLayout& L, const Act8& a, int r0, int r1, float* y, int32_t* P);
   void (*generic_w4a16)(const GenericLayout& L, const ActF& a, int r0, int r1, float* y);
+  // Tokens [t0, t1) of a.pairs24 from a.q, written to out; null on levels
+  // whose 2:4 kernels read a.qu instead.
+  void (*pair_table24)(const Act8& a, int t0, int t1, uint8_t* out);
 };
 
 const Ops* ops_portable();

@@ -337,19 +337,30 @@ static void w4a16_tile(const FastLayout& L, const ActF& a, int b, int t0, float*
 // the dot products skip the dropped weights. One vpmultishiftqb spreads the
 // packed codes into row lanes; the metadata of a quad of pair-steps is moved
 // into place once (row pair P's 48 bits to qword P), after which one
-// vpmultishiftqb per pair-step picks each slot's 3-bit rank and one vpermb
-// turns rank and slot into the K position (layout in kernels.h).
+// vpmultishiftqb per pair-step picks each slot's 3-bit rank. W4A8 then looks
+// the activation up directly in the token's pair table (Act8::pairs24) with
+// rank and slot as the index; the float kernels turn rank and slot into the K
+// position with one more vpermb (layout in kernels.h).
 alignas(64) static const struct Tab24 {
   uint8_t code_ctl[64], meta_perm[64], meta_ctl[4][64], slot_or[64], lut[64];
+  uint8_t pair_ctl[4][64], pair_or[64], table_ctl[64];
   Tab24() {
     for (int i = 0; i < 64; ++i) {
       const int row = i / 4, slot = i % 4, q = row / 2;
       code_ctl[i] = uint8_t(16 * ((row & 1) + 2 * (q >= 4)) + 4 * slot);
       meta_perm[i] = uint8_t(i % 8 < 6 ? 6 * (i / 8) + i % 8 : 0);
-      for (int e = 0; e < 4; ++e) meta_ctl[e][i] = uint8_t(12 * e + 6 * (row & 1) + 3 * (slot & 1));
+      for (int e = 0; e < 4; ++e) {
+        meta_ctl[e][i] = uint8_t(12 * e + 6 * (row & 1) + 3 * (slot & 1));
+        // One bit lower (mod 64: vpmultishiftqb rotates), so the rank lands in bits 1..3.
+        pair_ctl[e][i] = uint8_t((meta_ctl[e][i] + 63) % 64);
+      }
       slot_or[i] = uint8_t(8 * slot);
+      // Slot s holds code j = SLOT_CODE[s]: 4-group A for j < 2, element j % 2 of the pair.
+      pair_or[i] = uint8_t(16 * (slot & 1) + (slot >> 1));
       const int ls = i / 8, rank = i % 8;
       lut[i] = i < 32 ? uint8_t(4 * (ls & 1) + PAIR24[rank][ls >> 1]) : 0;
+      const int step = i / 32, b = i % 32, r = (b % 16) / 2;
+      table_ctl[i] = uint8_t(r < 6 ? 8 * step + 4 * (b / 16) + PAIR24[r][b % 2] : 0);
     }
   }
 } tab24;
@@ -366,6 +377,32 @@ static NMQ_INLINE __m512i quad24(const uint8_t* q) {
   return _mm512_permutexvar_epi8(ld(tab24.meta_perm), _mm512_maskz_loadu_epi8(0x0000FFFFFFFFFFFFull, q));
 }
 
+// Byte slot of row r's lane: its byte in a pair-step's pair table (32 bytes).
+static NMQ_INLINE __m512i pair_index24(__m512i quad, int e) {
+  const __m512i f = _mm512_multishift_epi64_epi8(ld(tab24.pair_ctl[e]), quad);
+  return _mm512_ternarylogic_epi32(f, _mm512_set1_epi8(0x0E), ld(tab24.pair_or), 0xEA);
+}
+
+// Tokens [t0, t1) of the pair tables: one vpermb per two pair-steps.
+static void pair_table24(const Act8& a, int t0, int t1, uint8_t* out) {
+  const int steps = a.kk / PAIR_K;
+  const __m512i ctl = ld(tab24.table_ctl), flip = _mm512_set1_epi8(char(0x80));
+  for (int t = t0; t < t1; ++t) {
+    const int8_t* q = a.q + size_t(t) * a.kk;
+    uint8_t* o = out + size_t(t) * steps * 32;
+    int s = 0;
+    for (; s + 2 <= steps; s += 2) {
+      const __m512i src = _mm512_castsi128_si512(_mm_loadu_si128(reinterpret_cast<const __m128i*>(q + 8 * s)));
+      _mm512_storeu_si512(o + 32 * s, _mm512_xor_si512(_mm512_permutexvar_epi8(ctl, src), flip));
+    }
+    if (s < steps) {
+      const __m512i src = _mm512_castsi128_si512(_mm_loadl_epi64(reinterpret_cast<const __m128i*>(q + 8 * s)));
+      _mm256_storeu_si256(reinterpret_cast<__m256i*>(o + 32 * s),
+                          _mm512_castsi512_si256(_mm512_xor_si512(_mm512_permutexvar_epi8(ctl, src), flip)));
+    }
+  }
+}
+
 // Byte slot of row r's lane: the K position (0..7) of that code.
 static NMQ_INLINE __m512i index24(__m512i quad, int e) {
   const __m512i f = _mm512_multishift_epi64_epi8(ld(tab24.meta_ctl[e]), quad);
@@ -373,13 +410,13 @@ static NMQ_INLINE __m512i index24(__m512i quad, int e) {
                                  ld(tab24.lut));
 }
 
-static NMQ_INLINE __m512i qword_bcast(const uint8_t* p) { return _mm512_set1_epi64(int64_t(load64(p))); }
 
 constexpr int PF_VALS = 1536, PF_META = 576;  // prefetch distances (bytes) of the 2:4 streams
 
 // Walks the pair-steps of one row block and group, keeping the current
-// metadata quad; fn(parity, k, codes, index) per pair-step, the parity of the
-// step a compile-time constant (accumulators alternate with it).
+// metadata quad; fn(parity, k, codes, quad, e) per pair-step (e: the step's
+// place in the quad), the parity of the step a compile-time constant
+// (accumulators alternate with it).
 template <typename Fn>
 static NMQ_INLINE void walk24(const FastLayout& L, int b, int g, Fn&& fn) {
   const int S = L.steps;
@@ -393,7 +430,7 @@ static NMQ_INLINE void walk24(const FastLayout& L, int b, int g, Fn&& fn) {
       if (s) quad = quad24(mb + size_t(t / 4) * QUAD24);
       _mm_prefetch(reinterpret_cast<const char*>(mb + size_t(t / 4) * QUAD24 + PF_META), _MM_HINT_T0);
     }
-    fn(parity, k0 + s * 8, codes24(v + size_t(s) * 32), index24(quad, t & 3));
+    fn(parity, k0 + s * 8, codes24(v + size_t(s) * 32), quad, t & 3);
   };
   int s = 0;
   for (; s + 1 < S; s += 2) {
@@ -405,7 +442,7 @@ static NMQ_INLINE void walk24(const FastLayout& L, int b, int g, Fn&& fn) {
 }
 
 // W4A8: the weights are centered first (code - zero, signed) and the
-// activations shifted to unsigned (q + 128), so
+// activations, looked up in the pair table, are unsigned (q + 128), so
 //   sum((q + 128) * w) - 128 * sum(w) = sum(q * w),
 // with sum(w) a per-row dot product with ones that serves every token.
 template <int TT>
@@ -417,7 +454,7 @@ static void w4a8_tile24(const FastLayout& L, const Act8& a, int b, int t0, float
   __m512 yv[TT];
 #pragma GCC unroll 8
   for (int t = 0; t < TT; ++t) {
-    qb[t] = a.qu + size_t(t0 + t) * a.kk;
+    qb[t] = a.pairs24 + size_t(t0 + t) * a.kk * 4;  // 32 bytes per 8 K
     yv[t] = _mm512_setzero_ps();
   }
   for (int g = 0; g < G; ++g) {
@@ -431,13 +468,17 @@ static void w4a8_tile24(const FastLayout& L, const Act8& a, int b, int t0, float
 #pragma GCC unroll 8
       for (int t = 0; t < TT; ++t) acc[t][c] = _mm512_setzero_si512();
     }
-    walk24(L, b, g, [&](auto parity, int k, __m512i codes, __m512i idx) __attribute__((always_inline)) {
+    walk24(L, b, g, [&](auto parity, int k, __m512i codes, __m512i quad, int e) __attribute__((always_inline)) {
       constexpr int c = NC == 2 ? decltype(parity)::value : 0;
       const __m512i w = _mm512_sub_epi8(_mm512_and_si512(codes, low), zf);
+      const __m512i idx = pair_index24(quad, e);
       accw[c] = _mm512_dpbusd_epi32(accw[c], ones, w);
 #pragma GCC unroll 8
-      for (int t = 0; t < TT; ++t)
-        acc[t][c] = _mm512_dpbusd_epi32(acc[t][c], _mm512_shuffle_epi8(qword_bcast(qb[t] + k), idx), w);
+      for (int t = 0; t < TT; ++t) {
+        // Only the low 32 bytes are indexed (bit 5 of idx is clear).
+        const __m512i table = _mm512_castsi256_si512(_mm256_loadu_si256(reinterpret_cast<const __m256i*>(qb[t] + 4 * k)));
+        acc[t][c] = _mm512_dpbusd_epi32(acc[t][c], _mm512_permutexvar_epi8(idx, table), w);
+      }
     });
     __m512i wsum = accw[0];
     if constexpr (NC == 2) wsum = _mm512_add_epi32(wsum, accw[1]);
@@ -483,7 +524,8 @@ static void w4a16_tile24(const FastLayout& L, const ActF& a, int b, int t0, floa
     for (int t = 0; t < TT; ++t)
 #pragma GCC unroll 4
       for (int c = 0; c < NC; ++c) acc[t][c] = _mm512_setzero_ps();
-    walk24(L, b, g, [&](auto, int k, __m512i codes, __m512i idx) __attribute__((always_inline)) {
+    walk24(L, b, g, [&](auto, int k, __m512i codes, __m512i quad, int e) __attribute__((always_inline)) {
+      const __m512i idx = index24(quad, e);
       const __m512i cj[4] = {_mm512_slli_epi32(codes, 16), _mm512_slli_epi32(codes, 8), codes,
                              _mm512_srli_epi32(codes, 8)};
       const __m512i ij[4] = {idx, _mm512_srli_epi32(idx, 8), _mm512_srli_epi32(idx, 16), _mm512_srli_epi32(idx, 24)};
@@ -556,8 +598,9 @@ static void w4a16bf_tile24(const FastLayout& L, const ActF& a, int b, int t0, fl
     for (int t = 0; t < TT; ++t)
 #pragma GCC unroll 4
       for (int c = 0; c < 2 * NC; ++c) acc[t][c] = sx[t][c] = _mm512_setzero_ps();
-    walk24(L, b, g, [&](auto parity, int k, __m512i codes, __m512i idx) __attribute__((always_inline)) {
+    walk24(L, b, g, [&](auto parity, int k, __m512i codes, __m512i quad, int e) __attribute__((always_inline)) {
       constexpr int c = NC == 2 ? 2 * decltype(parity)::value : 0;
+      const __m512i idx = index24(quad, e);
       __m512bh w0, w1;
       if constexpr (SYM) {
         w0 = (__m512bh)_mm512_permutexvar_epi16(codes, lut);
@@ -664,7 +707,7 @@ static void fast_w4a16_simd(const FastLayout& L, const ActF& a, int b0, int b1, 
 const Ops* ops_avx512() {
   static const Ops ops = {"avx512", avx512::quantize16, avx512::group_sums, avx512::fast_w4a8_simd,
                           avx512::fast_w4a16_simd, avx512::fast_w4a16_bf16, avx512::generic_w4a8,
-                          avx512::generic_w4a16};
+                          avx512::generic_w4a16, avx512::pair_table24};
   return &ops;
 }
 }  // namespace nmq

@@ -280,7 +280,7 @@ struct Prepared {
   std::vector<uint16_t> xb;
   std::vector<float> x;
   std::vector<int8_t> q;
-  std::vector<uint8_t> qu;
+  std::vector<uint8_t> qu, pairs24;
   std::vector<float> scale, xsum;
   std::vector<int32_t> qsum;
   Act8 a8;
@@ -292,8 +292,9 @@ enum class Acts { INT8, FP32, BF16 };
 
 // The activations in the form the kernels read, built once per call: int8
 // codes per (token, group) (INT8), fp32 with group sums (FP32), or the bf16
-// values as given (BF16); all zero padded to kk.
-void prepare(const Ops* ops, Prepared& p, const Input& in, int kk, int group, int groups, Acts mode) {
+// values as given (BF16); all zero padded to kk. pairs24: the weight is 2:4
+// and the level reads the activations through a pair table.
+void prepare(const Ops* ops, Prepared& p, const Input& in, int kk, int group, int groups, Acts mode, bool pairs24) {
   const int tokens = in.tokens;
   if (mode == Acts::BF16) {
     const uint16_t* src = static_cast<const uint16_t*>(in.x);
@@ -315,6 +316,13 @@ void prepare(const Ops* ops, Prepared& p, const Input& in, int kk, int group, in
     p.qu.resize(p.q.size());
     for (size_t i = 0; i < p.q.size(); ++i) p.qu[i] = uint8_t(p.q[i]) ^ 0x80u;
     p.a8.qu = p.qu.data();
+    if (pairs24 && ops->pair_table24) {
+      p.pairs24.resize(size_t(tokens) * (kk / PAIR_K) * 32);
+      uint8_t* out = p.pairs24.data();
+      pool().run(tokens, tokens >= 8 ? chunk_for(tokens) : tokens,
+                 [&](int lo, int hi) { ops->pair_table24(a, lo, hi, out); });
+      p.a8.pairs24 = out;
+    }
   } else {
     p.xsum.assign(size_t(tokens) * groups, 0.f);
     p.af = ActF{tokens, kk, groups, group, p.x.data(), p.xsum.data()};
@@ -331,11 +339,11 @@ T* ptr(uintptr_t p) {
 // kernel(prepared, lo, hi, y, P) over work items [0, n) on the pool.
 // x, y and P are addresses the Python side has checked (P may be 0).
 template <typename Kernel>
-void run_call(uintptr_t x, bool bf16, int tokens, int k, int kk, int group, int groups, Acts mode, int n,
-              const Ops* ops, uintptr_t y, uintptr_t P, Kernel&& kernel) {
+void run_call(uintptr_t x, bool bf16, int tokens, int k, int kk, int group, int groups, Acts mode, bool pairs24,
+              int n, const Ops* ops, uintptr_t y, uintptr_t P, Kernel&& kernel) {
   const Input in{ptr<const void>(x), bf16, tokens, k};
   Prepared p;
-  prepare(ops, p, in, kk, group, groups, mode);
+  prepare(ops, p, in, kk, group, groups, mode, pairs24);
   float* yp = ptr<float>(y);
   int32_t* pp = ptr<int32_t>(P);
   pool().run(n, chunk_for(n), [&](int lo, int hi) { kernel(p, lo, hi, yp, pp); });
@@ -385,7 +393,7 @@ struct FastWeight {
     const bool bf16_kernel =
         !w4a8 && bf16 && L.kind == KIND_24 && ops->fast_w4a16_bf16 && cpu_has_avx512_bf16();
     const Acts mode = w4a8 ? Acts::INT8 : bf16_kernel ? Acts::BF16 : Acts::FP32;
-    run_call(x, bf16, tokens, k, L.kk, L.group, L.groups, mode, L.blocks, ops, y, P,
+    run_call(x, bf16, tokens, k, L.kk, L.group, L.groups, mode, L.kind == KIND_24, L.blocks, ops, y, P,
              [&](const Prepared& p, int lo, int hi, float* yp, int32_t* pp) {
                if (mode == Acts::INT8)
                  ops->fast_w4a8(L, p.a8, lo, hi, yp, pp);
@@ -444,7 +452,7 @@ struct GenericWeight {
     if (tokens <= 0) return;
     nb::gil_scoped_release release;
     const Ops* ops = current_ops();
-    run_call(x, bf16, tokens, k, L.padded_in, L.group, L.groups, w4a8 ? Acts::INT8 : Acts::FP32, L.out, ops, y, P,
+    run_call(x, bf16, tokens, k, L.padded_in, L.group, L.groups, w4a8 ? Acts::INT8 : Acts::FP32, false, L.out, ops, y, P,
              [&](const Prepared& p, int lo, int hi, float* yp, int32_t* pp) {
                if (w4a8)
                  ops->generic_w4a8(L, p.a8, lo, hi, yp, pp);

@@ -1,0 +1,108 @@
+"""A lean token-by-token decoder for LLaMA-architecture models.
+
+At batch 1 a decoder layer's own arithmetic besides the linear layers is tiny,
+and a generic implementation spends more time dispatching its many small
+PyTorch ops (masks, cache objects, ``rotate_half`` per head layout, logits
+processors) than computing. :class:`LlamaDecoder` runs the same model (its
+modules and weights, whatever backend its linear layers use) with a
+preallocated KV cache and only the ops the arithmetic needs: one fused
+RMSNorm, the seven linear layers, rotary embeddings, one
+``scaled_dot_product_attention`` and the SiLU gate per layer. Models it does
+not cover run on their own ``generate`` (:func:`nmq.generate.generate_ids`
+chooses).
+
+>>> import torch, nmq
+>>> model = nmq.builtin_model()
+>>> dec = LlamaDecoder(model, max_len=16)
+>>> logits = dec.step(torch.tensor([[100, 101, 102]]))  # prefill: logits of the last position
+>>> tuple(logits.shape), dec.length
+((256,), 3)
+"""
+
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+
+
+def supports(model) -> bool:
+    """Whether :class:`LlamaDecoder` runs ``model`` exactly as its own forward does."""
+    config = getattr(model, "config", None)
+    if config is None or type(model).__name__ != "LlamaForCausalLM" or getattr(config, "model_type", "") != "llama":
+        return False
+    if getattr(config, "pretraining_tp", 1) != 1:
+        return False
+    inner = getattr(model, "model", None)
+    return all(hasattr(inner, a) for a in ("embed_tokens", "layers", "norm", "rotary_emb"))
+
+
+class LlamaDecoder:
+    """Prefill and decode steps of a ``LlamaForCausalLM`` with a KV cache of ``max_len`` positions."""
+
+    def __init__(self, model, max_len: int) -> None:
+        if not supports(model):
+            raise ValueError(f"LlamaDecoder runs LlamaForCausalLM models; got {type(model).__name__}")
+        self.model = model
+        config = model.config
+        inner = model.model
+        self.layers = list(inner.layers)
+        first = self.layers[0].self_attn
+        self.head_dim = first.head_dim
+        self.heads = config.num_attention_heads
+        self.kv_heads = config.num_key_value_heads
+        self.scaling = first.scaling
+        self.dtype = inner.embed_tokens.weight.dtype
+        self.max_len = max_len
+        self.length = 0
+        shape = (len(self.layers), 1, self.kv_heads, max_len, self.head_dim)
+        self.k = torch.zeros(shape, dtype=self.dtype)
+        self.v = torch.zeros(shape, dtype=self.dtype)
+        # cos/sin of every position once, from the model's own rotary module
+        # (so any rope scaling it implements applies), in the model's dtype.
+        probe = torch.zeros(1, 1, dtype=self.dtype)
+        with torch.no_grad():
+            cos, sin = inner.rotary_emb(probe, torch.arange(max_len).unsqueeze(0))
+        self.cos, self.sin = cos[0], sin[0]  # [max_len, head_dim]
+
+    @staticmethod
+    def _norm(x: torch.Tensor, norm) -> torch.Tensor:
+        # LlamaRMSNorm: normalized in fp32, cast back, then scaled by the weight.
+        return norm.weight * F.rms_norm(x.float(), (x.shape[-1],), eps=norm.variance_epsilon).to(x.dtype)
+
+    def _rotate(self, x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor) -> torch.Tensor:
+        half = self.head_dim // 2
+        return x * cos + torch.cat((-x[..., half:], x[..., :half]), dim=-1) * sin
+
+    @torch.no_grad()
+    def step(self, ids: torch.Tensor) -> torch.Tensor:
+        """Run tokens ``ids [1, T]`` at the next T positions; logits ``[vocab]`` of the last one (fp32)."""
+        if ids.dim() != 2 or ids.shape[0] != 1:
+            raise ValueError(f"LlamaDecoder runs one sequence: ids of shape [1, T], got {list(ids.shape)}")
+        T, start = ids.shape[1], self.length
+        end = start + T
+        if end > self.max_len:
+            raise ValueError(f"the KV cache holds {self.max_len} positions; {end} needed")
+        inner = self.model.model
+        h = inner.embed_tokens(ids)
+        cos = self.cos[start:end].unsqueeze(0)  # broadcast over heads: [1, T, d]
+        sin = self.sin[start:end].unsqueeze(0)
+        mask = None
+        if T > 1:  # causal over the cache and the new positions
+            mask = torch.ones(T, end, dtype=torch.bool).tril(start)
+        for i, layer in enumerate(self.layers):
+            attn, mlp = layer.self_attn, layer.mlp
+            a = self._norm(h, layer.input_layernorm)
+            q = attn.q_proj(a).view(T, self.heads, self.head_dim).transpose(0, 1)
+            k = attn.k_proj(a).view(T, self.kv_heads, self.head_dim).transpose(0, 1)
+            v = attn.v_proj(a).view(T, self.kv_heads, self.head_dim).transpose(0, 1)
+            self.k[i, 0, :, start:end] = self._rotate(k, cos, sin)
+            self.v[i, 0, :, start:end] = v
+            o = F.scaled_dot_product_attention(
+                self._rotate(q, cos, sin).unsqueeze(0), self.k[i, :, :, :end], self.v[i, :, :, :end],
+                attn_mask=mask, scale=self.scaling, enable_gqa=self.kv_heads != self.heads)
+            h = h + attn.o_proj(o[0].transpose(0, 1).reshape(1, T, self.heads * self.head_dim))
+            a = self._norm(h, layer.post_attention_layernorm)
+            h = h + mlp.down_proj(mlp.act_fn(mlp.gate_proj(a)) * mlp.up_proj(a))
+        self.length = end
+        last = self._norm(h[:, -1:], inner.norm)
+        return self.model.lm_head(last).reshape(-1).float()
