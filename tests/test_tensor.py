@@ -1,6 +1,6 @@
 import pytest
 import torch
-from hypothesis import given
+from hypothesis import assume, given
 from hypothesis import strategies as st
 
 import nmq
@@ -75,6 +75,10 @@ def test_metadata_encodings_convert_both_ways_exactly(cfg):
 def test_symmetric_compression_is_idempotent(cfg):
     cfg = dict(cfg, symmetric=True)
     _, t = make(cfg)
+    # Promised while fp16 has steps fine enough at the scale (nmq.quant): scales of at least (2 qmax + 1) * 2**-24.
+    qmax = 2 ** (cfg["bits"] - 1) - 1
+    scales = t.scales.float()
+    assume(bool(((scales == 0) | (scales >= (2 * qmax + 1) * 2.0**-24)).all()))
     again = nmq.compress_weight(t.to_dense(), **{k: cfg[k] for k in ("pattern", "bits", "group_size", "symmetric", "metadata")})
     assert torch.equal(again.to_dense(), t.to_dense())
 

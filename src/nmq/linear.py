@@ -33,6 +33,9 @@ class NMQLinear(torch.nn.Module):
         self.backend = backend
         self.path = check_path(path)
         self._packed: dict[str, Any] = {}
+        # device type -> (backend, packed form): resolved at the first call on
+        # a device, since at batch 1 a call is only tens of microseconds.
+        self._route: dict[str, tuple[Any, Any]] = {}
 
     @classmethod
     def from_linear(cls, linear: torch.nn.Linear, backend: str = "auto", path: str = "w4a16", **compress) -> NMQLinear:
@@ -44,6 +47,7 @@ class NMQLinear(torch.nn.Module):
         """Choose the backend (and numeric path) used from the next call on."""
         get_backend(backend)  # fail now, not at the first forward
         self.backend = backend
+        self._route.clear()
         if path is not None:
             self.path = check_path(path)
 
@@ -75,11 +79,16 @@ class NMQLinear(torch.nn.Module):
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         lead = x.shape[:-1]
         x2 = x.reshape(-1, x.shape[-1])
-        backend = get_backend(self.backend, x.device.type, x2.shape[0])
-        y = backend.matmul(x2, self._packed_for(backend), self.path)
+        device = x.device.type
+        route = self._route.get(device)
+        if route is None:
+            backend = get_backend(self.backend, device, x2.shape[0])
+            route = self._route[device] = (backend, self._packed_for(backend))
+        backend, packed = route
+        y = backend.matmul(x2, packed, self.path)
         if self.bias is not None:
             y = y + self.bias.float()
-        return y.to(x.dtype).reshape(*lead, self.out_features)
+        return y.to(x.dtype).view(*lead, self.out_features)
 
     def extra_repr(self) -> str:
         return (

@@ -6,8 +6,14 @@ Symmetric codes mean ``(c - 2**(bits-1)) * scale`` with
 ``(c - zero) * scale`` with ``scale = (max - min) / (2**bits - 1)`` over a range
 that always includes 0, so a zero weight stays exactly zero. Rounding is half
 to even. Scales are rounded to fp16 *before* the codes are computed, so
-dequantization reproduces exactly what the codes were chosen against; they are
-rounded up, so no value of a group clamps and every error is at most half a step.
+dequantization reproduces exactly what the codes were chosen against. A
+symmetric scale is the fp16 number next below ``absmax / qmax`` when the
+largest magnitude still rounds to ``qmax`` with it, else the one next above;
+an asymmetric scale is rounded up. Either way no value of a group clamps and
+every error is at most half a step, and compressing a compressed symmetric
+weight again gives it back (its largest code is ``qmax``, so the same scale
+comes out; exactly so while scales stay above ``(2 qmax + 1) * 2**-24``, where
+fp16's steps become too coarse).
 
 Activations (the W4A8 path, DESIGN.md section 3): int8 per (token, group),
 ``scale = absmax / 127`` in fp32 and ``q = round_half_even(x / scale)``.
@@ -32,6 +38,7 @@ from .errors import QuantError
 
 SUPPORTED_BITS = (2, 3, 4, 8)
 FP16_MAX = 65504.0
+FP16_TINY = 2.0**-24  # the smallest positive (subnormal) fp16
 
 
 @dataclass(frozen=True)
@@ -78,7 +85,7 @@ def group_params(values: torch.Tensor, spec: QuantSpec) -> tuple[torch.Tensor, t
     """
     values = values.float()
     if spec.symmetric:
-        return _to_fp16_scale(values.abs().amax(dim=-1) / (spec.offset - 1)), None
+        return _symmetric_scale(values.abs().amax(dim=-1), spec.offset - 1), None
     lo = values.amin(dim=-1).clamp(max=0.0)
     hi = values.amax(dim=-1).clamp(min=0.0)
     scales = _to_fp16_scale((hi - lo) / spec.max_code)
@@ -134,6 +141,18 @@ def _to_fp16_scale(scale: torch.Tensor) -> torch.Tensor:
     # For positive finite fp16, the next larger value is the next bit pattern.
     bumped = (s16.view(torch.int16) + 1).view(torch.float16)
     return torch.where(low, bumped, s16)
+
+
+def _symmetric_scale(amax: torch.Tensor, qmax: int) -> torch.Tensor:
+    """fp16 scales for largest magnitudes ``amax``: next below ``amax / qmax`` if ``amax`` still rounds to
+    ``qmax`` (fp32 division, as the quantizer does), else next above."""
+    exact = amax / qmax
+    up = _to_fp16_scale(exact)
+    near = exact.to(torch.float16)
+    # For positive finite fp16, the next smaller value is the previous bit pattern.
+    down = torch.where(near.float() > exact, (near.view(torch.int16) - 1).view(torch.float16), near)
+    fits = (down > 0) & (amax / down.float().clamp_min(FP16_TINY) < qmax + 0.5)
+    return torch.where(fits, down, up)
 
 
 def _safe(scales: torch.Tensor) -> torch.Tensor:
