@@ -305,3 +305,32 @@ def test_fast_layouts_built_in_row_chunks(backend, rng, monkeypatch, pattern):
     chunked = backend.prepack(t)
     assert chunked.fast and all(torch.equal(a, b) for a, b in zip(whole.buffers, chunked.buffers))
     _check(backend, t, _acts(5, 256, rng))
+
+
+@pytest.mark.parametrize("pattern", [(2, 4), (4, 8), (1, 4), (4, 4)])
+@pytest.mark.parametrize("symmetric", [True, False])
+def test_stacked_rows_run_as_the_parts(backend, rng, pattern, symmetric):
+    """stack_rows: the stacked weight's outputs are the parts' outputs side by side, and the parts (now views
+    into it) still give the reference's results; big enough for huge-page memory."""
+    k = 1024
+    parts = [_weight(out, k, pattern, 4, 128, symmetric, rng) for out in (512, 16, 37)]
+    whole, views = backend.stack_rows([backend.prepack(t) for t in parts])
+    assert whole.shape == (565, k) and [v.shape for v in views] == [t.shape for t in parts]
+    x = _acts(3, k, rng)
+    for path in ("w4a8", "w4a16"):
+        y = backend.matmul(x, whole, path)
+        assert torch.equal(y, torch.cat([backend.matmul(x, v, path) for v in views], dim=1)), path
+    for t, v in zip(parts, views):
+        assert v.buffers[0].data_ptr() >= whole.buffers[0].data_ptr()  # a view, not a copy
+        _check(backend, t, x)  # the parts themselves still match the reference
+        assert torch.equal(cpu.partial_sums(x, v), ref.partial_sums(x, t)[0])
+
+
+def test_rows_that_cannot_be_stacked(backend, rng):
+    a = backend.prepack(_weight(37, 256, (2, 4), 4, 128, True, rng))
+    b = backend.prepack(_weight(32, 256, (2, 4), 4, 128, True, rng))
+    assert backend.stack_rows([a, b]) is None  # the first part ends inside a row block
+    assert backend.stack_rows([b, backend.prepack(_weight(32, 256, (4, 8), 4, 128, True, rng))]) is None
+    assert backend.stack_rows([b, backend.prepack(_weight(32, 256, (2, 4), 4, 64, True, rng))]) is None
+    assert backend.stack_rows([b, backend.prepack(_weight(32, 256, (3, 8), 4, 128, True, rng))]) is None  # generic
+    assert backend.stack_rows([b]) is None

@@ -6,10 +6,11 @@ PyTorch ops (masks, cache objects, ``rotate_half`` per head layout, logits
 processors) than computing. :class:`LlamaDecoder` runs the same model (its
 modules and weights, whatever backend its linear layers use) with a
 preallocated KV cache and only the ops the arithmetic needs: one fused
-RMSNorm, the seven linear layers, rotary embeddings, one
-``scaled_dot_product_attention`` and the SiLU gate per layer. Models it does
-not cover run on their own ``generate`` (:func:`nmq.generate.generate_ids`
-chooses).
+RMSNorm, the linear layers, rotary embeddings, one
+``scaled_dot_product_attention`` and the SiLU gate per layer. Compressed
+q/k/v and gate/up projections run as one call each where their backend can
+stack them (:func:`nmq.linear.fuse_linears`). Models it does not cover run on
+their own ``generate`` (:func:`nmq.generate.generate_ids` chooses).
 
 >>> import torch, nmq
 >>> model = nmq.builtin_model()
@@ -21,8 +22,22 @@ chooses).
 
 from __future__ import annotations
 
+from weakref import WeakKeyDictionary
+
 import torch
 import torch.nn.functional as F
+
+from .linear import FusedLinear, fuse_linears
+
+# module -> (projection names, FusedLinear or None): stacked once per model, not per generation.
+_FUSED: WeakKeyDictionary = WeakKeyDictionary()
+
+
+def _fused(module: torch.nn.Module, names: tuple[str, ...], device: str) -> FusedLinear | None:
+    cached = _FUSED.get(module)
+    if cached is None or cached[0] != names:
+        cached = _FUSED[module] = (names, fuse_linears([getattr(module, n) for n in names], device))
+    return cached[1]
 
 
 def supports(model) -> bool:
@@ -52,16 +67,19 @@ class LlamaDecoder:
         self.kv_heads = config.num_key_value_heads
         self.scaling = first.scaling
         self.dtype = inner.embed_tokens.weight.dtype
+        self.device = inner.embed_tokens.weight.device
         self.max_len = max_len
         self.length = 0
         shape = (len(self.layers), 1, self.kv_heads, max_len, self.head_dim)
-        self.k = torch.zeros(shape, dtype=self.dtype)
-        self.v = torch.zeros(shape, dtype=self.dtype)
+        self.k = torch.zeros(shape, dtype=self.dtype, device=self.device)
+        self.v = torch.zeros(shape, dtype=self.dtype, device=self.device)
+        self.qkv = [_fused(layer.self_attn, ("q_proj", "k_proj", "v_proj"), self.device.type) for layer in self.layers]
+        self.gate_up = [_fused(layer.mlp, ("gate_proj", "up_proj"), self.device.type) for layer in self.layers]
         # cos/sin of every position once, from the model's own rotary module
         # (so any rope scaling it implements applies), in the model's dtype.
-        probe = torch.zeros(1, 1, dtype=self.dtype)
+        probe = torch.zeros(1, 1, dtype=self.dtype, device=self.device)
         with torch.no_grad():
-            cos, sin = inner.rotary_emb(probe, torch.arange(max_len).unsqueeze(0))
+            cos, sin = inner.rotary_emb(probe, torch.arange(max_len, device=self.device).unsqueeze(0))
         self.cos, self.sin = cos[0], sin[0]  # [max_len, head_dim]
 
     @staticmethod
@@ -88,13 +106,15 @@ class LlamaDecoder:
         sin = self.sin[start:end].unsqueeze(0)
         mask = None
         if T > 1:  # causal over the cache and the new positions
-            mask = torch.ones(T, end, dtype=torch.bool).tril(start)
+            mask = torch.ones(T, end, dtype=torch.bool, device=self.device).tril(start)
         for i, layer in enumerate(self.layers):
             attn, mlp = layer.self_attn, layer.mlp
             a = self._norm(h, layer.input_layernorm)
-            q = attn.q_proj(a).view(T, self.heads, self.head_dim).transpose(0, 1)
-            k = attn.k_proj(a).view(T, self.kv_heads, self.head_dim).transpose(0, 1)
-            v = attn.v_proj(a).view(T, self.kv_heads, self.head_dim).transpose(0, 1)
+            qkv = self.qkv[i]
+            q, k, v = qkv(a) if qkv is not None else (attn.q_proj(a), attn.k_proj(a), attn.v_proj(a))
+            q = q.reshape(T, self.heads, self.head_dim).transpose(0, 1)
+            k = k.reshape(T, self.kv_heads, self.head_dim).transpose(0, 1)
+            v = v.reshape(T, self.kv_heads, self.head_dim).transpose(0, 1)
             self.k[i, 0, :, start:end] = self._rotate(k, cos, sin)
             self.v[i, 0, :, start:end] = v
             o = F.scaled_dot_product_attention(
@@ -102,7 +122,9 @@ class LlamaDecoder:
                 attn_mask=mask, scale=self.scaling, enable_gqa=self.kv_heads != self.heads)
             h = h + attn.o_proj(o[0].transpose(0, 1).reshape(1, T, self.heads * self.head_dim))
             a = self._norm(h, layer.post_attention_layernorm)
-            h = h + mlp.down_proj(mlp.act_fn(mlp.gate_proj(a)) * mlp.up_proj(a))
+            gu = self.gate_up[i]
+            g, u = gu(a) if gu is not None else (mlp.gate_proj(a), mlp.up_proj(a))
+            h = h + mlp.down_proj(mlp.act_fn(g) * u)
         self.length = end
         last = self._norm(h[:, -1:], inner.norm)
         return self.model.lm_head(last).reshape(-1).float()

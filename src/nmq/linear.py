@@ -95,3 +95,57 @@ class NMQLinear(torch.nn.Module):
             f"in_features={self.in_features}, out_features={self.out_features}, bias={self.bias is not None}, "
             f"{self._format}, backend={self.backend}, path={self.path}"
         )
+
+
+class FusedLinear:
+    """NMQLinear layers that read the same input, run as one call with their rows stacked.
+
+    Built by :func:`fuse_linears`; calling it returns one output per layer. At
+    batch 1 a call's fixed costs (quantizing the activations, waking the
+    threads) are a good part of a small layer's time, and q/k/v or gate/up
+    each pay them once instead of two or three times. Until the layers change
+    backend or numeric path; then it runs them one by one.
+    """
+
+    def __init__(self, layers: list[NMQLinear], backend, packed, path: str) -> None:
+        self.layers, self.backend, self.packed, self.path = layers, backend, packed, path
+        self.backend_name = layers[0].backend
+        self.splits = [layer.out_features for layer in layers]
+
+    def __call__(self, x: torch.Tensor) -> tuple[torch.Tensor, ...]:
+        if any(layer.backend != self.backend_name or layer.path != self.path for layer in self.layers):
+            return tuple(layer(x) for layer in self.layers)
+        lead = x.shape[:-1]
+        y = self.backend.matmul(x.reshape(-1, x.shape[-1]), self.packed, self.path)
+        return y.to(x.dtype).view(*lead, -1).split(self.splits, dim=-1)
+
+
+def fuse_linears(layers: list[torch.nn.Module], device: str = "cpu") -> FusedLinear | None:
+    """Stack NMQLinear layers over one input into a :class:`FusedLinear` when their backend can (same format,
+    backend and path, no bias); None otherwise. The layers then hold views of the stacked weight, so memory
+    does not grow, and each still runs on its own.
+
+    >>> import torch, nmq
+    >>> a, b = (nmq.NMQLinear.from_linear(torch.nn.Linear(256, 32, bias=False), backend="cpu", pattern="2:4")
+    ...         for _ in range(2))
+    >>> fused = fuse_linears([a, b])
+    >>> x = torch.randn(1, 256)
+    >>> ya, yb = fused(x)
+    >>> torch.equal(ya, a(x)) and torch.equal(yb, b(x))
+    True
+    """
+    if len(layers) < 2 or not all(isinstance(layer, NMQLinear) and layer.bias is None for layer in layers):
+        return None
+    first = layers[0]
+    if any(layer.backend != first.backend or layer.path != first.path or layer.in_features != first.in_features
+           for layer in layers):
+        return None
+    backend = get_backend(first.backend, device, 1)
+    stacked = backend.stack_rows([layer._packed_for(backend) for layer in layers])
+    if stacked is None:
+        return None
+    whole, views = stacked
+    for layer, view in zip(layers, views):
+        layer._packed[backend.name] = view
+        layer._route.clear()
+    return FusedLinear(list(layers), backend, whole, first.path)

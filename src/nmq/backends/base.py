@@ -36,6 +36,11 @@ class Backend:
         """``x [tokens, in]`` (float) to ``y [tokens, out]`` in fp32."""
         raise NotImplementedError
 
+    def stack_rows(self, parts: list[Any]) -> tuple[Any, list[Any]] | None:
+        """Optional: one packed weight with the rows of ``parts`` in order (weights that read the same input, run
+        as one call), and each part again as a view of its memory; None when these parts cannot be stacked."""
+        return None
+
 
 def check_path(path: str) -> str:
     if path not in NUMERIC_PATHS:

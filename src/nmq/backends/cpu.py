@@ -156,8 +156,7 @@ class CpuPacked:
     @property
     def nbytes(self) -> int:
         """Bytes held by the layout (the rank table is shared per pattern and not counted)."""
-        bufs = self.buffers[:4]
-        return sum(b.numel() * b.element_size() for b in bufs)
+        return sum(b.numel() * b.element_size() for b in self.buffers[:4])
 
 
 class CpuBackend(Backend):
@@ -187,6 +186,39 @@ class CpuBackend(Backend):
 
     def matmul(self, x: torch.Tensor, packed: CpuPacked, path: str = "w4a16") -> torch.Tensor:
         return _run(x, packed, path, partials=False)[0]
+
+    def stack_rows(self, parts: list[CpuPacked]) -> tuple[CpuPacked, list[CpuPacked]] | None:
+        """Fast layouts of one geometry whose row counts (but the last) are multiples of 16: the layouts are
+        row-block major, so stacking is concatenation, and each part is a slice of the result."""
+        if len(parts) < 2 or not all(isinstance(p, CpuPacked) and p.fast for p in parts):
+            return None
+        first = parts[0]
+        if any([p.params[0]] + p.params[3:] != [first.params[0]] + first.params[3:] for p in parts):
+            return None
+        if any(p.out_features % ROWS for p in parts[:-1]):
+            return None
+        kind, _, _, kk, group, groups, steps, vbytes, mbytes, symmetric, k = first.params
+        per_block = [groups * steps * vbytes,
+                     -(-groups * steps // 4) * QUAD24 if kind == KIND_24 else groups * steps * mbytes,
+                     groups * ROWS, 0 if symmetric else groups * 8]
+        spare = 16 if kind == KIND_24 else 0  # 2:4 metadata ends with 16 spare bytes
+        stacked = []
+        for j in range(4):
+            chunks = [p.buffers[j][: p.params[2] * per_block[j]] for p in parts]
+            stacked.append(torch.cat(chunks + ([torch.zeros(spare, dtype=torch.uint8)] if j == 1 else [])))
+        bufs = _hugepage_copy(tuple(stacked))
+        out = sum(p.out_features for p in parts)
+        blocks = sum(p.params[2] for p in parts)
+        whole = CpuPacked((out, k), groups, True, [kind, out, blocks] + first.params[3:], bufs,
+                          max(p.max_abs_weight for p in parts), first.group)
+        views, b0 = [], 0
+        for p in parts:
+            b1 = b0 + p.params[2]
+            view = tuple(buf[b0 * n : b1 * n + (spare if j == 1 else 0)]
+                         for j, (buf, n) in enumerate(zip(bufs, per_block)))
+            views.append(CpuPacked(p.shape, p.groups, True, list(p.params), view, p.max_abs_weight, p.group))
+            b0 = b1
+        return whole, views
 
 
 def partial_sums(x: torch.Tensor, packed: CpuPacked | NMQTensor) -> torch.Tensor:
