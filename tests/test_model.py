@@ -41,8 +41,18 @@ def test_compressed_model_equals_dense_model_with_dequantized_weights(dense, com
     for name, m in compressed.named_modules():
         if isinstance(m, nmq.NMQLinear):
             twin.get_submodule(name).weight.data = m.nmq_weight.to_dense()
-    with torch.no_grad():
-        a, b = compressed(IDS).logits, twin(IDS).logits
+    # The reference backend computes x @ dequant(W).T, the very operation of the twin; other backends agree
+    # within the numerics contract (relative Frobenius error 1e-3), checked in their own tests.
+    layers = [m for m in compressed.modules() if isinstance(m, nmq.NMQLinear)]
+    backends = [m.backend for m in layers]
+    for m in layers:
+        m.set_backend("reference")
+    try:
+        with torch.no_grad():
+            a, b = compressed(IDS).logits, twin(IDS).logits
+    finally:
+        for m, name in zip(layers, backends):
+            m.set_backend(name)
     assert torch.allclose(a, b, rtol=1e-5, atol=1e-6)
 
 

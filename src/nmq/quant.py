@@ -23,9 +23,9 @@ Activations (the W4A8 path, DESIGN.md section 3): int8 per (token, group),
 >>> w = torch.tensor([[0.7, -0.35, 0.0, 0.1]])
 >>> codes, scales, zeros = quantize_groups(w.reshape(1, 1, 4), spec)
 >>> codes.tolist(), zeros
-([[[15, 5, 8, 9]]], None)
+([[[15, 4, 8, 9]]], None)
 >>> dequantize_groups(codes, scales, zeros, spec).tolist()
-[[[0.70025634765625, -0.30010986328125, 0.0, 0.10003662109375]]]
+[[[0.6998291015625, -0.39990234375, 0.0, 0.0999755859375]]]
 """
 
 from __future__ import annotations
