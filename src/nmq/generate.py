@@ -21,6 +21,8 @@ from dataclasses import dataclass, field
 
 import torch
 
+from .decoder import LlamaDecoder, supports
+
 
 @dataclass
 class Generation:
@@ -86,8 +88,6 @@ def _eos_ids(model) -> list[int]:
 def _lean_generate(model, ids: torch.Tensor, max_new_tokens: int, streamer: _Streamer, temperature: float) -> None:
     """What ``model.generate`` does here (exactly ``max_new_tokens``, so end-of-sequence is never chosen), on
     :class:`nmq.decoder.LlamaDecoder`."""
-    from .decoder import LlamaDecoder
-
     dec = LlamaDecoder(model, ids.shape[1] + max_new_tokens)
     eos = _eos_ids(model)
     streamer.put(ids)
@@ -113,8 +113,6 @@ def generate_ids(model, ids: torch.Tensor, max_new_tokens: int = 64, tokenizer=N
     ``decoder``: ``auto`` runs LLaMA-architecture models on :class:`nmq.decoder.LlamaDecoder` and others on
     their own ``generate``; ``hf`` always uses ``generate``.
     """
-    from .decoder import supports
-
     if decoder not in ("auto", "hf"):
         raise ValueError(f"decoder must be 'auto' or 'hf', got {decoder!r}")
     streamer = _Streamer(tokenizer, on_text if tokenizer is not None else None)

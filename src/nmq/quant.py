@@ -38,7 +38,6 @@ from .errors import QuantError
 
 SUPPORTED_BITS = (2, 3, 4, 8)
 FP16_MAX = 65504.0
-FP16_TINY = 2.0**-24  # the smallest positive (subnormal) fp16
 
 
 @dataclass(frozen=True)
@@ -151,7 +150,7 @@ def _symmetric_scale(amax: torch.Tensor, qmax: int) -> torch.Tensor:
     near = exact.to(torch.float16)
     # For positive finite fp16, the next smaller value is the previous bit pattern.
     down = torch.where(near.float() > exact, (near.view(torch.int16) - 1).view(torch.float16), near)
-    fits = (down > 0) & (amax / down.float().clamp_min(FP16_TINY) < qmax + 0.5)
+    fits = (down > 0) & (amax / down.float() < qmax + 0.5)  # a zero scale never fits
     return torch.where(fits, down, up)
 
 

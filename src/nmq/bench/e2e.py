@@ -8,10 +8,10 @@ Embeddings and norms are bf16 in every configuration; the nmq configurations
 also store ``lm_head`` as dense INT4 and run the decoder's linear layers on
 the ``--path`` numeric path (default ``w4a8``: int8 activations per group of
 128, like ONNX Runtime's accuracy level 4), with nmq's thread pool on every
-core and PyTorch's ops around them on one thread. Timing: after an untimed warm-up generation of a few
-tokens, a random prompt is prefilled, then ``--new-tokens`` tokens are
-decoded one by one with the KV cache; ``ms_per_token`` is the median decode
-step.
+core and PyTorch's ops around them on one thread. Timing: after an untimed
+warm-up generation of a few tokens, a random prompt is prefilled, then
+``--new-tokens`` tokens are decoded one by one with the KV cache;
+``ms_per_token`` is the median decode step.
 """
 
 from __future__ import annotations

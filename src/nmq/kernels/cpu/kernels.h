@@ -84,7 +84,8 @@ struct Act8 {
   const int8_t* q = nullptr;     // [tokens][kk]
   const float* scale = nullptr;  // [tokens][groups]
   const int32_t* qsum = nullptr; // [tokens][groups]
-  const uint8_t* qu = nullptr;   // q + 128 as unsigned bytes, [tokens][kk]
+  // q + 128 as unsigned bytes, [tokens][kk]: for 2:4 on levels without a pair table.
+  const uint8_t* qu = nullptr;
   // For levels with a pair_table24: per token and pair-step, the q + 128 of
   // every pair a 2:4 row can keep, [tokens][kk / 8][32]. Byte 2r + e is
   // element e of pair r (PAIR24) of K 0..3, byte 16 + 2r + e the same for K

@@ -122,8 +122,8 @@ inline void cpu_relax() {
 }
 
 // Workers spin for NMQ_SPIN_US microseconds (default 2000) after each job
-// (back-to-back layers then start without a futex wake-up) and sleep otherwise, so idle nmq threads do not compete with
-// PyTorch's own pool. Work is handed out in chunks from a shared counter: on a
+// (back-to-back layers then start without a futex wake-up) and sleep
+// otherwise, so idle nmq threads do not compete with PyTorch's own pool. Work is handed out in chunks from a shared counter: on a
 // machine shared with other processes a descheduled worker delays nothing but
 // the chunk it holds, and one that wakes late finds no work and leaves.
 class Pool {
@@ -292,9 +292,10 @@ enum class Acts { INT8, FP32, BF16 };
 
 // The activations in the form the kernels read, built once per call: int8
 // codes per (token, group) (INT8), fp32 with group sums (FP32), or the bf16
-// values as given (BF16); all zero padded to kk. pairs24: the weight is 2:4
-// and the level reads the activations through a pair table.
-void prepare(const Ops* ops, Prepared& p, const Input& in, int kk, int group, int groups, Acts mode, bool pairs24) {
+// values as given (BF16); all zero padded to kk. gather24: the weight is 2:4,
+// whose W4A8 kernels gather activations from a pair table (levels with
+// pair_table24) or from q + 128; no other kernel reads either.
+void prepare(const Ops* ops, Prepared& p, const Input& in, int kk, int group, int groups, Acts mode, bool gather24) {
   const int tokens = in.tokens;
   if (mode == Acts::BF16) {
     const uint16_t* src = static_cast<const uint16_t*>(in.x);
@@ -313,15 +314,16 @@ void prepare(const Ops* ops, Prepared& p, const Input& in, int kk, int group, in
     const Act8& a = p.a8;
     pool().run(tokens, tokens >= 8 ? chunk_for(tokens) : tokens,
                [&](int lo, int hi) { ops->quantize(xs, lo, hi, a); });
-    p.qu.resize(p.q.size());
-    for (size_t i = 0; i < p.q.size(); ++i) p.qu[i] = uint8_t(p.q[i]) ^ 0x80u;
-    p.a8.qu = p.qu.data();
-    if (pairs24 && ops->pair_table24) {
+    if (gather24 && ops->pair_table24) {
       p.pairs24.resize(size_t(tokens) * (kk / PAIR_K) * 32);
       uint8_t* out = p.pairs24.data();
       pool().run(tokens, tokens >= 8 ? chunk_for(tokens) : tokens,
                  [&](int lo, int hi) { ops->pair_table24(a, lo, hi, out); });
       p.a8.pairs24 = out;
+    } else if (gather24) {
+      p.qu.resize(p.q.size());
+      for (size_t i = 0; i < p.q.size(); ++i) p.qu[i] = uint8_t(p.q[i]) ^ 0x80u;
+      p.a8.qu = p.qu.data();
     }
   } else {
     p.xsum.assign(size_t(tokens) * groups, 0.f);
@@ -339,11 +341,11 @@ T* ptr(uintptr_t p) {
 // kernel(prepared, lo, hi, y, P) over work items [0, n) on the pool.
 // x, y and P are addresses the Python side has checked (P may be 0).
 template <typename Kernel>
-void run_call(uintptr_t x, bool bf16, int tokens, int k, int kk, int group, int groups, Acts mode, bool pairs24,
+void run_call(uintptr_t x, bool bf16, int tokens, int k, int kk, int group, int groups, Acts mode, bool gather24,
               int n, const Ops* ops, uintptr_t y, uintptr_t P, Kernel&& kernel) {
   const Input in{ptr<const void>(x), bf16, tokens, k};
   Prepared p;
-  prepare(ops, p, in, kk, group, groups, mode, pairs24);
+  prepare(ops, p, in, kk, group, groups, mode, gather24);
   float* yp = ptr<float>(y);
   int32_t* pp = ptr<int32_t>(P);
   pool().run(n, chunk_for(n), [&](int lo, int hi) { kernel(p, lo, hi, yp, pp); });
@@ -452,7 +454,8 @@ struct GenericWeight {
     if (tokens <= 0) return;
     nb::gil_scoped_release release;
     const Ops* ops = current_ops();
-    run_call(x, bf16, tokens, k, L.padded_in, L.group, L.groups, w4a8 ? Acts::INT8 : Acts::FP32, false, L.out, ops, y, P,
+    const Acts mode = w4a8 ? Acts::INT8 : Acts::FP32;
+    run_call(x, bf16, tokens, k, L.padded_in, L.group, L.groups, mode, false, L.out, ops, y, P,
              [&](const Prepared& p, int lo, int hi, float* yp, int32_t* pp) {
                if (w4a8)
                  ops->generic_w4a8(L, p.a8, lo, hi, yp, pp);
