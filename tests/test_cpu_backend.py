@@ -334,3 +334,52 @@ def test_rows_that_cannot_be_stacked(backend, rng):
     assert backend.stack_rows([b, backend.prepack(_weight(32, 256, (2, 4), 4, 64, True, rng))]) is None
     assert backend.stack_rows([b, backend.prepack(_weight(32, 256, (3, 8), 4, 128, True, rng))]) is None  # generic
     assert backend.stack_rows([b]) is None
+
+
+def _sdpa(q, k, v, scale):
+    return torch.nn.functional.scaled_dot_product_attention(
+        q.double()[:, None], k.double(), v.double(), scale=scale, enable_gqa=True)[:, 0].float()
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
+@pytest.mark.parametrize("heads,kv_heads,dim", [(32, 32, 128), (8, 2, 64), (3, 1, 20), (4, 4, 7)])
+def test_decode_attention_matches_sdpa(level, rng, dtype, heads, kv_heads, dim):
+    """One position over a cache view (GQA, odd head sizes, length 1 to 300) against SDPA in fp64."""
+    max_len = 301
+    cache_k = torch.randn(kv_heads, max_len, dim, generator=rng).to(dtype)
+    cache_v = torch.randn(kv_heads, max_len, dim, generator=rng).to(dtype)
+    for length in (1, 2, 17, 300):
+        q = torch.randn(heads, dim, generator=rng) * 2
+        k, v = cache_k[:, :length], cache_v[:, :length]
+        got = cpu.decode_attention(q, k, v, dim ** -0.5)
+        assert got.dtype == torch.float32 and got.shape == (heads, dim)
+        torch.testing.assert_close(got, _sdpa(q, k.float(), v.float(), dim ** -0.5), atol=2e-6, rtol=1e-5)
+
+
+def test_decode_attention_levels_and_threads_agree(rng):
+    q = torch.randn(32, 128, generator=rng)
+    k, v = torch.randn(2, 32, 90, 128, generator=rng).to(torch.bfloat16)
+    outs = []
+    old = cpu.get_threads()
+    try:
+        for level in _levels():
+            for threads in (1, 3):
+                cpu.set_isa(level)
+                cpu.set_threads(threads)
+                outs.append(cpu.decode_attention(q, k, v, 0.1))
+    finally:
+        cpu.set_threads(old)
+        cpu.set_isa(_levels()[0])
+    assert all(torch.equal(o, outs[0]) for o in outs[1:])
+
+
+def test_decode_attention_refuses_bad_input(rng):
+    q, k = torch.randn(4, 16), torch.randn(2, 5, 16)
+    with pytest.raises(BackendError, match="q \\[heads, dim\\]"):
+        cpu.decode_attention(q, k, torch.randn(2, 4, 16), 1.0)
+    with pytest.raises(BackendError, match="cannot share 3"):
+        cpu.decode_attention(q, torch.randn(3, 5, 16), torch.randn(3, 5, 16), 1.0)
+    with pytest.raises(BackendError, match="accepted: float32 or bfloat16"):
+        cpu.decode_attention(q, k.half(), k.half(), 1.0)
+    with pytest.raises(BackendError, match="contiguous"):
+        cpu.decode_attention(q, k.transpose(1, 2).contiguous().transpose(1, 2), k, 1.0)

@@ -27,6 +27,7 @@ from weakref import WeakKeyDictionary
 import torch
 import torch.nn.functional as F
 
+from .backends.cpu import CpuBackend, decode_attention
 from .linear import FusedLinear, fuse_linears
 
 # module -> (projection names, FusedLinear or None): stacked once per model, not per generation.
@@ -73,6 +74,14 @@ class LlamaDecoder:
         shape = (len(self.layers), 1, self.kv_heads, max_len, self.head_dim)
         self.k = torch.zeros(shape, dtype=self.dtype, device=self.device)
         self.v = torch.zeros(shape, dtype=self.dtype, device=self.device)
+        # A decode step's attention reads the whole cache once, from memory (the
+        # linear layers between have evicted it): on the CPU it runs on the nmq
+        # kernels' threads, ~5x faster than PyTorch's fused kernel at batch 1.
+        self.attend = None
+        if self.device.type == "cpu" and self.dtype in (torch.float32, torch.bfloat16):
+            backend = CpuBackend()
+            if backend.unavailable_reason() is None:
+                self.attend = decode_attention
         self.qkv = [_fused(layer.self_attn, ("q_proj", "k_proj", "v_proj"), self.device.type) for layer in self.layers]
         self.gate_up = [_fused(layer.mlp, ("gate_proj", "up_proj"), self.device.type) for layer in self.layers]
         # cos/sin of every position once, from the model's own rotary module
@@ -117,10 +126,16 @@ class LlamaDecoder:
             v = v.reshape(T, self.kv_heads, self.head_dim).transpose(0, 1)
             self.k[i, 0, :, start:end] = self._rotate(k, cos, sin)
             self.v[i, 0, :, start:end] = v
-            o = F.scaled_dot_product_attention(
-                self._rotate(q, cos, sin).unsqueeze(0), self.k[i, :, :, :end], self.v[i, :, :, :end],
-                attn_mask=mask, scale=self.scaling, enable_gqa=self.kv_heads != self.heads)
-            h = h + attn.o_proj(o[0].transpose(0, 1).reshape(1, T, self.heads * self.head_dim))
+            q = self._rotate(q, cos, sin)
+            if T == 1 and self.attend is not None:
+                o = self.attend(q[:, 0], self.k[i, 0, :, :end], self.v[i, 0, :, :end], self.scaling)
+                o = o.to(self.dtype).reshape(1, 1, self.heads * self.head_dim)
+            else:
+                o = F.scaled_dot_product_attention(
+                    q.unsqueeze(0), self.k[i, :, :, :end], self.v[i, :, :, :end],
+                    attn_mask=mask, scale=self.scaling, enable_gqa=self.kv_heads != self.heads)
+                o = o[0].transpose(0, 1).reshape(1, T, self.heads * self.head_dim)
+            h = h + attn.o_proj(o)
             a = self._norm(h, layer.post_attention_layernorm)
             gu = self.gate_up[i]
             g, u = gu(a) if gu is not None else (mlp.gate_proj(a), mlp.up_proj(a))

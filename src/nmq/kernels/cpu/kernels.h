@@ -103,6 +103,20 @@ struct ActF {
   const uint16_t* xb = nullptr; // bf16 activations [tokens][kk] when given in bf16, else null
 };
 
+// Attention of one new position over a KV cache (batch-1 decoding): per head
+// h, softmax(scale * q_h . k_j) over positions j < length, then the weighted
+// sum of v_j. Query heads share key/value head h / (heads / kv_heads).
+struct Attn {
+  int heads = 0, kv_heads = 0, length = 0, dim = 0;
+  int64_t head_stride = 0;  // elements from one key/value head to the next; rows of dim are contiguous
+  bool bf16 = false;        // k and v hold bf16 bits (else fp32)
+  const float* q = nullptr; // [heads][dim]
+  const void* k = nullptr;
+  const void* v = nullptr;
+  float scale = 1.f;
+  float* out = nullptr;     // [heads][dim]
+};
+
 struct Ops {
   const char* name;
   // Token range [t0, t1) of: quantize x [tokens][kk] (fp32, zero padded) into a.
@@ -120,6 +134,8 @@ struct Ops {
   // Tokens [t0, t1) of a.pairs24 from a.q, written to out; null on levels
   // whose 2:4 kernels read a.qu instead.
   void (*pair_table24)(const Act8& a, int t0, int t1, uint8_t* out);
+  // Heads [h0, h1) of a.
+  void (*attend)(const Attn& a, int h0, int h1);
 };
 
 const Ops* ops_portable();

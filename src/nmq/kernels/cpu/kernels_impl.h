@@ -346,5 +346,62 @@ static void generic_w4a16(const GenericLayout& L, const ActF& a, int r0, int r1,
   }
 }
 
+// --- decode attention ------------------------------------------------------------
+
+static inline float widen(float x) { return x; }
+static inline float widen(uint16_t b) {
+  const uint32_t bits = uint32_t(b) << 16;
+  float f;
+  std::memcpy(&f, &bits, 4);
+  return f;
+}
+
+// Sixteen independent partial sums so each ISA level's compiler vectorizes
+// the loops; fp32 throughout, whatever the cache holds.
+template <typename T>
+static void attend_heads(const Attn& a, int h0, int h1) {
+  std::vector<float> s(size_t(std::max(a.length, 1)));
+  const int group = a.heads / a.kv_heads;
+  for (int h = h0; h < h1; ++h) {
+    const float* q = a.q + size_t(h) * a.dim;
+    const T* k = static_cast<const T*>(a.k) + int64_t(h / group) * a.head_stride;
+    const T* v = static_cast<const T*>(a.v) + int64_t(h / group) * a.head_stride;
+    float top = -INFINITY;
+    for (int j = 0; j < a.length; ++j) {
+      const T* kr = k + size_t(j) * a.dim;
+      float acc[16] = {};
+      int i = 0;
+      for (; i + 16 <= a.dim; i += 16)
+        for (int l = 0; l < 16; ++l) acc[l] += q[i + l] * widen(kr[i + l]);
+      for (; i < a.dim; ++i) acc[0] += q[i] * widen(kr[i]);
+      float d = 0.f;
+      for (int l = 0; l < 16; ++l) d += acc[l];
+      s[j] = d * a.scale;
+      top = std::max(top, s[j]);
+    }
+    float total = 0.f;
+    for (int j = 0; j < a.length; ++j) {
+      s[j] = std::exp(s[j] - top);
+      total += s[j];
+    }
+    float* o = a.out + size_t(h) * a.dim;
+    std::fill(o, o + a.dim, 0.f);
+    for (int j = 0; j < a.length; ++j) {
+      const T* vr = v + size_t(j) * a.dim;
+      const float p = s[j];
+      for (int i = 0; i < a.dim; ++i) o[i] += p * widen(vr[i]);
+    }
+    const float inv = a.length ? 1.f / total : 0.f;
+    for (int i = 0; i < a.dim; ++i) o[i] *= inv;
+  }
+}
+
+static void attend(const Attn& a, int h0, int h1) {
+  if (a.bf16)
+    attend_heads<uint16_t>(a, h0, h1);
+  else
+    attend_heads<float>(a, h0, h1);
+}
+
 }  // namespace NMQ_NS
 }  // namespace nmq

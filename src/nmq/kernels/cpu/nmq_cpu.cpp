@@ -465,6 +465,29 @@ struct GenericWeight {
   }
 };
 
+// attend(q, k, v, out, [heads, kv_heads, length, dim, head_stride, bf16], scale):
+// addresses of buffers the Python side has checked (q and out fp32 [heads][dim]).
+void attend_call(uintptr_t q, uintptr_t k, uintptr_t v, uintptr_t out, const std::vector<int64_t>& prm, float scale) {
+  if (prm.size() != 6) throw std::invalid_argument("attend: expected 6 parameters");
+  Attn a;
+  a.heads = int(prm[0]);
+  a.kv_heads = int(prm[1]);
+  a.length = int(prm[2]);
+  a.dim = int(prm[3]);
+  a.head_stride = prm[4];
+  a.bf16 = prm[5] != 0;
+  if (a.heads <= 0 || a.kv_heads <= 0 || a.heads % a.kv_heads || a.length < 0 || a.dim <= 0)
+    throw std::invalid_argument("attend: inconsistent shape");
+  a.q = ptr<const float>(q);
+  a.k = ptr<const void>(k);
+  a.v = ptr<const void>(v);
+  a.out = ptr<float>(out);
+  a.scale = scale;
+  nb::gil_scoped_release release;
+  const Ops* ops = current_ops();
+  pool().run(a.heads, std::max(1, a.heads / (4 * pool().size())), [&](int lo, int hi) { ops->attend(a, lo, hi); });
+}
+
 }  // namespace
 
 bool nmq::cpu_has_avx512_bf16() {
@@ -483,6 +506,7 @@ NB_MODULE(_nmq_cpu, m) {
   // CPU buffers ([tokens][k] fp32 or bf16, [tokens][out] fp32, [tokens][out]
   // [groups] int32 or 0) that the caller has checked; passing addresses keeps
   // a call to a few microseconds.
+  m.def("attend", &attend_call, "Attention of one position over a KV cache (addresses; see nmq.backends.cpu)");
   nb::class_<FastWeight>(m, "FastWeight")
       .def(nb::init<Array, Array, Array, Array, const std::vector<int64_t>&>())
       .def("run", &FastWeight::run);
