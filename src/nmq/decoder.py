@@ -27,7 +27,8 @@ from weakref import WeakKeyDictionary
 import torch
 import torch.nn.functional as F
 
-from .backends.cpu import CpuBackend, decode_attention
+from .backends.cpu import CpuBackend
+from .backends.cpu_decode import DTYPES, DecodeOps
 from .linear import FusedLinear, fuse_linears
 
 # module -> (projection names, FusedLinear or None): stacked once per model, not per generation.
@@ -74,14 +75,6 @@ class LlamaDecoder:
         shape = (len(self.layers), 1, self.kv_heads, max_len, self.head_dim)
         self.k = torch.zeros(shape, dtype=self.dtype, device=self.device)
         self.v = torch.zeros(shape, dtype=self.dtype, device=self.device)
-        # A decode step's attention reads the whole cache once, from memory (the
-        # linear layers between have evicted it): on the CPU it runs on the nmq
-        # kernels' threads, ~5x faster than PyTorch's fused kernel at batch 1.
-        self.attend = None
-        if self.device.type == "cpu" and self.dtype in (torch.float32, torch.bfloat16):
-            backend = CpuBackend()
-            if backend.unavailable_reason() is None:
-                self.attend = decode_attention
         self.qkv = [_fused(layer.self_attn, ("q_proj", "k_proj", "v_proj"), self.device.type) for layer in self.layers]
         self.gate_up = [_fused(layer.mlp, ("gate_proj", "up_proj"), self.device.type) for layer in self.layers]
         # cos/sin of every position once, from the model's own rotary module
@@ -89,7 +82,41 @@ class LlamaDecoder:
         probe = torch.zeros(1, 1, dtype=self.dtype, device=self.device)
         with torch.no_grad():
             cos, sin = inner.rotary_emb(probe, torch.arange(max_len, device=self.device).unsqueeze(0))
-        self.cos, self.sin = cos[0], sin[0]  # [max_len, head_dim]
+        self.cos, self.sin = cos[0].contiguous(), sin[0].contiguous()  # [max_len, head_dim]
+        self.ops = self._decode_ops(config)
+
+    def _decode_ops(self, config) -> DecodeOps | None:
+        """The C++ step operations (nmq.backends.cpu_decode) where they compute what the model does."""
+        if self.device.type != "cpu" or self.dtype not in DTYPES or CpuBackend().unavailable_reason() is not None:
+            return None
+        if getattr(config, "hidden_act", None) != "silu" or self.head_dim % 2:
+            return None
+        norms = [n for layer in self.layers for n in (layer.input_layernorm, layer.post_attention_layernorm)]
+        if any(n.weight.dtype != self.dtype for n in norms + [self.model.model.norm]):
+            return None
+        return DecodeOps(hidden=config.hidden_size, heads=self.heads, kv_heads=self.kv_heads, head_dim=self.head_dim,
+                         intermediate=config.intermediate_size, dtype=self.dtype, k_cache=self.k[:, 0],
+                         v_cache=self.v[:, 0], cos=self.cos, sin=self.sin, scale=self.scaling)
+
+    def _decode_one(self, ids: torch.Tensor) -> torch.Tensor:
+        """One position through the C++ step operations; the same arithmetic as :meth:`step`."""
+        ops, pos = self.ops, self.length
+        inner = self.model.model
+        ops.h.copy_(inner.embed_tokens(ids))
+        add = None
+        for i, layer in enumerate(self.layers):
+            attn, mlp = layer.self_attn, layer.mlp
+            a = ops.norm(add, layer.input_layernorm.weight, layer.input_layernorm.variance_epsilon)
+            qkv = self.qkv[i]
+            q, k, v = qkv(a) if qkv is not None else (attn.q_proj(a), attn.k_proj(a), attn.v_proj(a))
+            add = attn.o_proj(ops.attend(i, pos, q, k, v))
+            a = ops.norm(add, layer.post_attention_layernorm.weight, layer.post_attention_layernorm.variance_epsilon)
+            gu = self.gate_up[i]
+            g, u = gu(a) if gu is not None else (mlp.gate_proj(a), mlp.up_proj(a))
+            add = mlp.down_proj(ops.silu_mul(g, u))
+        last = ops.norm(add, inner.norm.weight, inner.norm.variance_epsilon)
+        self.length = pos + 1
+        return self.model.lm_head(last).reshape(-1).float()
 
     @staticmethod
     def _norm(x: torch.Tensor, norm) -> torch.Tensor:
@@ -109,6 +136,8 @@ class LlamaDecoder:
         end = start + T
         if end > self.max_len:
             raise ValueError(f"the KV cache holds {self.max_len} positions; {end} needed")
+        if T == 1 and self.ops is not None:
+            return self._decode_one(ids)
         inner = self.model.model
         h = inner.embed_tokens(ids)
         cos = self.cos[start:end].unsqueeze(0)  # broadcast over heads: [1, T, d]
@@ -126,16 +155,10 @@ class LlamaDecoder:
             v = v.reshape(T, self.kv_heads, self.head_dim).transpose(0, 1)
             self.k[i, 0, :, start:end] = self._rotate(k, cos, sin)
             self.v[i, 0, :, start:end] = v
-            q = self._rotate(q, cos, sin)
-            if T == 1 and self.attend is not None:
-                o = self.attend(q[:, 0], self.k[i, 0, :, :end], self.v[i, 0, :, :end], self.scaling)
-                o = o.to(self.dtype).reshape(1, 1, self.heads * self.head_dim)
-            else:
-                o = F.scaled_dot_product_attention(
-                    q.unsqueeze(0), self.k[i, :, :, :end], self.v[i, :, :, :end],
-                    attn_mask=mask, scale=self.scaling, enable_gqa=self.kv_heads != self.heads)
-                o = o[0].transpose(0, 1).reshape(1, T, self.heads * self.head_dim)
-            h = h + attn.o_proj(o)
+            o = F.scaled_dot_product_attention(
+                self._rotate(q, cos, sin).unsqueeze(0), self.k[i, :, :, :end], self.v[i, :, :, :end],
+                attn_mask=mask, scale=self.scaling, enable_gqa=self.kv_heads != self.heads)
+            h = h + attn.o_proj(o[0].transpose(0, 1).reshape(1, T, self.heads * self.head_dim))
             a = self._norm(h, layer.post_attention_layernorm)
             gu = self.gate_up[i]
             g, u = gu(a) if gu is not None else (mlp.gate_proj(a), mlp.up_proj(a))

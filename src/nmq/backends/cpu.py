@@ -221,45 +221,6 @@ class CpuBackend(Backend):
         return whole, views
 
 
-def decode_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, scale: float) -> torch.Tensor:
-    """Attention of one new position over a KV cache, on the kernels' thread pool.
-
-    ``q [heads, dim]``; ``k``, ``v [kv_heads, length, dim]`` fp32 or bf16 (views
-    of a longer cache are fine while each head's rows are contiguous); query
-    head h reads key/value head ``h // (heads // kv_heads)``. Returns
-    ``softmax(scale * q k^T) v`` as fp32 ``[heads, dim]``, computed in fp32.
-    At batch 1 this is what a decode step's attention is, and PyTorch's fused
-    CPU kernel spends most of its time on bf16 conversion and set-up there.
-
-    >>> q, k, v = torch.randn(4, 64), torch.randn(2, 9, 64), torch.randn(2, 9, 64)
-    >>> o = decode_attention(q, k, v, 0.125)
-    >>> ref = torch.nn.functional.scaled_dot_product_attention(
-    ...     q[:, None], k, v, scale=0.125, enable_gqa=True)[:, 0]
-    >>> bool(torch.allclose(o, ref, atol=1e-5))
-    True
-    """
-    _require()
-    _apply_env()
-    if q.dim() != 2 or k.dim() != 3 or v.shape != k.shape or q.shape[1] != k.shape[2]:
-        raise BackendError(f"decode attention takes q [heads, dim] and k, v [kv_heads, length, dim]; got "
-                           f"{list(q.shape)}, {list(k.shape)}, {list(v.shape)}")
-    heads, dim = q.shape
-    kv_heads, length = k.shape[0], k.shape[1]
-    if kv_heads == 0 or heads % kv_heads:
-        raise BackendError(f"{heads} query heads cannot share {kv_heads} key/value heads evenly")
-    if k.dtype not in (torch.float32, torch.bfloat16) or v.dtype != k.dtype:
-        raise BackendError(f"the KV cache has dtype {k.dtype}/{v.dtype}; accepted: float32 or bfloat16 (both alike)")
-    if k.device.type != "cpu" or v.device.type != "cpu" or q.device.type != "cpu":
-        raise BackendError("decode attention on the cpu backend takes CPU tensors")
-    if k.stride() != v.stride() or k.stride()[1:] != (dim, 1):
-        raise BackendError("k and v need contiguous [length, dim] rows per head, with equal strides")
-    q = q.to(torch.float32).contiguous()
-    out = torch.empty(heads, dim, dtype=torch.float32)
-    _ext.attend(q.data_ptr(), k.data_ptr(), v.data_ptr(), out.data_ptr(),
-                [heads, kv_heads, length, dim, k.stride(0), int(k.dtype == torch.bfloat16)], float(scale))
-    return out
-
-
 def partial_sums(x: torch.Tensor, packed: CpuPacked | NMQTensor) -> torch.Tensor:
     """The kernel's exact W4A8 partial sums, int32 ``[tokens, out, groups]``.
 

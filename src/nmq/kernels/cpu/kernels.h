@@ -114,7 +114,8 @@ struct Attn {
   const void* k = nullptr;
   const void* v = nullptr;
   float scale = 1.f;
-  float* out = nullptr;     // [heads][dim]
+  void* out = nullptr;      // [heads][dim], fp32 (or the cache's dtype when out_narrow)
+  bool out_narrow = false;
 };
 
 struct Ops {
@@ -136,6 +137,11 @@ struct Ops {
   void (*pair_table24)(const Act8& a, int t0, int t1, uint8_t* out);
   // Heads [h0, h1) of a.
   void (*attend)(const Attn& a, int h0, int h1);
+  // The other decode step ops (decode_ops.h); values in the model's dtype, bf16 bits or fp32.
+  void (*add_rms_norm)(void* h, const void* add, const void* w, void* out, int n, float eps, bool bf16);
+  void (*rotate_heads)(const void* src, const void* cos, const void* sin, void* dst, int64_t stride, bool to_f32,
+                       int heads, int dim, bool bf16);
+  void (*silu_mul)(const void* g, const void* u, void* out, int n, bool bf16);
 };
 
 const Ops* ops_portable();

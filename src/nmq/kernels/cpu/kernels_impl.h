@@ -346,21 +346,15 @@ static void generic_w4a16(const GenericLayout& L, const ActF& a, int r0, int r1,
   }
 }
 
-// --- decode attention ------------------------------------------------------------
+// --- decode step -----------------------------------------------------------------
 
-static inline float widen(float x) { return x; }
-static inline float widen(uint16_t b) {
-  const uint32_t bits = uint32_t(b) << 16;
-  float f;
-  std::memcpy(&f, &bits, 4);
-  return f;
-}
+#include "decode_ops.h"
 
 // Sixteen independent partial sums so each ISA level's compiler vectorizes
 // the loops; fp32 throughout, whatever the cache holds.
 template <typename T>
 static void attend_heads(const Attn& a, int h0, int h1) {
-  std::vector<float> s(size_t(std::max(a.length, 1)));
+  std::vector<float> s(size_t(std::max(a.length, 1))), o;
   const int group = a.heads / a.kv_heads;
   for (int h = h0; h < h1; ++h) {
     const float* q = a.q + size_t(h) * a.dim;
@@ -384,15 +378,20 @@ static void attend_heads(const Attn& a, int h0, int h1) {
       s[j] = std::exp(s[j] - top);
       total += s[j];
     }
-    float* o = a.out + size_t(h) * a.dim;
-    std::fill(o, o + a.dim, 0.f);
+    o.assign(size_t(a.dim), 0.f);
     for (int j = 0; j < a.length; ++j) {
       const T* vr = v + size_t(j) * a.dim;
       const float p = s[j];
       for (int i = 0; i < a.dim; ++i) o[i] += p * widen(vr[i]);
     }
     const float inv = a.length ? 1.f / total : 0.f;
-    for (int i = 0; i < a.dim; ++i) o[i] *= inv;
+    if (a.out_narrow) {
+      T* dst = static_cast<T*>(a.out) + size_t(h) * a.dim;
+      for (int i = 0; i < a.dim; ++i) narrow(&dst[i], o[i] * inv);
+    } else {
+      float* dst = static_cast<float*>(a.out) + size_t(h) * a.dim;
+      for (int i = 0; i < a.dim; ++i) dst[i] = o[i] * inv;
+    }
   }
 }
 

@@ -465,8 +465,16 @@ struct GenericWeight {
   }
 };
 
-// attend(q, k, v, out, [heads, kv_heads, length, dim, head_stride, bf16], scale):
-// addresses of buffers the Python side has checked (q and out fp32 [heads][dim]).
+// --- decode step ----------------------------------------------------------------
+// Entry points take addresses of buffers the Python side (nmq.backends.cpu_decode)
+// has checked once; the dtype flag says whether they hold bf16 bits or fp32.
+
+void run_attention(const Attn& a) {
+  const Ops* ops = current_ops();
+  pool().run(a.heads, std::max(1, a.heads / (4 * pool().size())), [&](int lo, int hi) { ops->attend(a, lo, hi); });
+}
+
+// q fp32 [heads][dim] over k, v ([kv_heads] rows of [length][dim], head_stride apart) -> out fp32.
 void attend_call(uintptr_t q, uintptr_t k, uintptr_t v, uintptr_t out, const std::vector<int64_t>& prm, float scale) {
   if (prm.size() != 6) throw std::invalid_argument("attend: expected 6 parameters");
   Attn a;
@@ -481,11 +489,49 @@ void attend_call(uintptr_t q, uintptr_t k, uintptr_t v, uintptr_t out, const std
   a.q = ptr<const float>(q);
   a.k = ptr<const void>(k);
   a.v = ptr<const void>(v);
-  a.out = ptr<float>(out);
+  a.out = ptr<void>(out);
   a.scale = scale;
   nb::gil_scoped_release release;
+  run_attention(a);
+}
+
+// One position's attention in a decode step: rotate q and k (cos/sin of the
+// position), write k and v into the layer's cache at `pos`, attend over
+// positions 0..pos, write the heads' outputs to out in the model's dtype.
+// prm: heads, kv_heads, dim, pos, head_stride (cache elements between heads), bf16.
+void attend_step(uintptr_t q, uintptr_t k, uintptr_t v, uintptr_t cos, uintptr_t sin, uintptr_t kc, uintptr_t vc,
+                 uintptr_t out, const std::vector<int64_t>& prm, float scale) {
+  if (prm.size() != 6) throw std::invalid_argument("attend_step: expected 6 parameters");
+  const int heads = int(prm[0]), kv_heads = int(prm[1]), dim = int(prm[2]), pos = int(prm[3]);
+  const int64_t stride = prm[4];
+  const bool bf16 = prm[5] != 0;
+  if (heads <= 0 || kv_heads <= 0 || heads % kv_heads || dim <= 0 || dim % 2 || pos < 0 || stride < int64_t(pos + 1) * dim)
+    throw std::invalid_argument("attend_step: inconsistent shape");
+  nb::gil_scoped_release release;
   const Ops* ops = current_ops();
-  pool().run(a.heads, std::max(1, a.heads / (4 * pool().size())), [&](int lo, int hi) { ops->attend(a, lo, hi); });
+  const size_t es = bf16 ? 2 : 4;
+  const void* cs = ptr<const char>(cos) + size_t(pos) * dim * es;
+  const void* sn = ptr<const char>(sin) + size_t(pos) * dim * es;
+  thread_local std::vector<float> qf;
+  qf.resize(size_t(heads) * dim);
+  ops->rotate_heads(ptr<void>(q), cs, sn, qf.data(), dim, true, heads, dim, bf16);
+  ops->rotate_heads(ptr<void>(k), cs, sn, ptr<char>(kc) + size_t(pos) * dim * es, stride, false, kv_heads, dim, bf16);
+  ops->rotate_heads(ptr<void>(v), nullptr, nullptr, ptr<char>(vc) + size_t(pos) * dim * es, stride, false, kv_heads,
+                    dim, bf16);
+  Attn a;
+  a.heads = heads;
+  a.kv_heads = kv_heads;
+  a.length = pos + 1;
+  a.dim = dim;
+  a.head_stride = stride;
+  a.bf16 = bf16;
+  a.q = qf.data();
+  a.k = ptr<const void>(kc);
+  a.v = ptr<const void>(vc);
+  a.out = ptr<void>(out);
+  a.out_narrow = true;
+  a.scale = scale;
+  run_attention(a);
 }
 
 }  // namespace
@@ -506,7 +552,14 @@ NB_MODULE(_nmq_cpu, m) {
   // CPU buffers ([tokens][k] fp32 or bf16, [tokens][out] fp32, [tokens][out]
   // [groups] int32 or 0) that the caller has checked; passing addresses keeps
   // a call to a few microseconds.
-  m.def("attend", &attend_call, "Attention of one position over a KV cache (addresses; see nmq.backends.cpu)");
+  m.def("attend", &attend_call, "Attention of one position over a KV cache (addresses; see nmq.backends.cpu_decode)");
+  m.def("attend_step", &attend_step, "Rotary, KV cache write and attention of one decode position (addresses)");
+  m.def("add_rms_norm", [](uintptr_t h, uintptr_t add, uintptr_t w, uintptr_t out, int n, float eps, bool bf16) {
+    current_ops()->add_rms_norm(ptr<void>(h), ptr<const void>(add), ptr<const void>(w), ptr<void>(out), n, eps, bf16);
+  }, "h += add (add may be 0), out = weight * rmsnorm(h) (addresses)");
+  m.def("silu_mul", [](uintptr_t g, uintptr_t u, uintptr_t out, int n, bool bf16) {
+    current_ops()->silu_mul(ptr<const void>(g), ptr<const void>(u), ptr<void>(out), n, bf16);
+  }, "out = silu(g) * u (addresses)");
   nb::class_<FastWeight>(m, "FastWeight")
       .def(nb::init<Array, Array, Array, Array, const std::vector<int64_t>&>())
       .def("run", &FastWeight::run);
