@@ -33,9 +33,9 @@ class NMQLinear(torch.nn.Module):
         self.backend = backend
         self.path = check_path(path)
         self._packed: dict[str, Any] = {}
-        # device type -> (backend, packed form): resolved at the first call on
-        # a device, since at batch 1 a call is only tens of microseconds.
-        self._route: dict[str, tuple[Any, Any]] = {}
+        # device type -> (backend, packed form, bound call): resolved at the first
+        # call on a device, since at batch 1 a call is only tens of microseconds.
+        self._route: dict[str, tuple[Any, Any, Any]] = {}
 
     @classmethod
     def from_linear(cls, linear: torch.nn.Linear, backend: str = "auto", path: str = "w4a16", **compress) -> NMQLinear:
@@ -83,11 +83,11 @@ class NMQLinear(torch.nn.Module):
         route = self._route.get(device)
         if route is None:
             backend = get_backend(self.backend, device, x2.shape[0])
-            route = self._route[device] = (backend, self._packed_for(backend))
-        backend, packed = route
-        y = backend.matmul(x2, packed, self.path)
-        if self.bias is not None:
-            y = y + self.bias.float()
+            packed = self._packed_for(backend)
+            route = self._route[device] = (backend, packed, backend.bind(packed, self.path))
+        if self.bias is None:
+            return route[2](x2).view(*lead, self.out_features)
+        y = route[0].matmul(x2, route[1], self.path) + self.bias.float()
         return y.to(x.dtype).view(*lead, self.out_features)
 
     def extra_repr(self) -> str:
@@ -109,6 +109,7 @@ class FusedLinear:
 
     def __init__(self, layers: list[NMQLinear], backend, packed, path: str) -> None:
         self.layers, self.backend, self.packed, self.path = layers, backend, packed, path
+        self.run = backend.bind(packed, path)
         self.backend_name = layers[0].backend
         self.splits = [layer.out_features for layer in layers]
 
@@ -116,8 +117,7 @@ class FusedLinear:
         if any(layer.backend != self.backend_name or layer.path != self.path for layer in self.layers):
             return tuple(layer(x) for layer in self.layers)
         lead = x.shape[:-1]
-        y = self.backend.matmul(x.reshape(-1, x.shape[-1]), self.packed, self.path)
-        return y.to(x.dtype).view(*lead, -1).split(self.splits, dim=-1)
+        return self.run(x.reshape(-1, x.shape[-1])).view(*lead, -1).split(self.splits, dim=-1)
 
 
 def fuse_linears(layers: list[torch.nn.Module], device: str = "cpu") -> FusedLinear | None:

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from typing import Any
+from typing import Any, Callable
 
 import torch
 
@@ -35,6 +35,11 @@ class Backend:
     def matmul(self, x: torch.Tensor, packed: Any, path: str = "w4a16") -> torch.Tensor:
         """``x [tokens, in]`` (float) to ``y [tokens, out]`` in fp32."""
         raise NotImplementedError
+
+    def bind(self, packed: Any, path: str = "w4a16") -> Callable[[torch.Tensor], torch.Tensor]:
+        """A call ``x [tokens, in] -> y [tokens, out]`` in ``x``'s dtype for this weight and path: what a layer
+        runs per forward. Backends may check once here and make the call itself cheaper."""
+        return lambda x: self.matmul(x, packed, path).to(x.dtype)
 
     def stack_rows(self, parts: list[Any]) -> tuple[Any, list[Any]] | None:
         """Optional: one packed weight with the rows of ``parts`` in order (weights that read the same input, run

@@ -57,6 +57,7 @@ KIND_24, KIND_48, KIND_14, KIND_DENSE = 1, 2, 3, 4
 ROWS, PAIR_K = 16, 8
 _GEOMETRY = {KIND_24: (32, 12), KIND_48: (32, 16), KIND_14: (16, 8), KIND_DENSE: (64, 0)}
 _ISA_APPLIED: str | None = None
+_DIRECT_DTYPES = (torch.float32, torch.bfloat16)  # dtypes the kernels read and write as they are
 
 
 def isa_levels() -> list[str]:
@@ -186,6 +187,32 @@ class CpuBackend(Backend):
 
     def matmul(self, x: torch.Tensor, packed: CpuPacked, path: str = "w4a16") -> torch.Tensor:
         return _run(x, packed, path, partials=False)[0]
+
+    def bind(self, packed: CpuPacked, path: str = "w4a16"):
+        """A call ``x [tokens, in] -> y`` in ``x``'s dtype for this weight and path. Checked once here; per
+        call only what can change (the input), and bf16 outputs are rounded in the extension, so a batch-1
+        call costs a few microseconds of Python."""
+        _require()
+        check_path(path)
+        if not isinstance(packed, CpuPacked):
+            raise BackendError(f"the cpu backend got a {type(packed).__name__}; pass what CpuBackend.prepack returned")
+        w4a8 = path == "w4a8"
+        if w4a8 and packed.group * packed.max_abs_weight * 127 > INT32_MAX:
+            return super().bind(packed, path)  # matmul names the overflow at the first call
+        handle, k, out = packed.handle, packed.in_features, packed.out_features
+
+        def run(x: torch.Tensor) -> torch.Tensor:
+            if not (isinstance(x, torch.Tensor) and x.dim() == 2 and x.shape[1] == k and x.device.type == "cpu"
+                    and x.dtype in _DIRECT_DTYPES):
+                return self.matmul(x, packed, path).to(x.dtype)  # other dtypes, or the precise error
+            _apply_env()
+            xa = x.contiguous()
+            y = torch.empty(x.shape[0], out, dtype=x.dtype)
+            bf16 = x.dtype == torch.bfloat16
+            handle.run(xa.data_ptr(), bf16, x.shape[0], w4a8, y.data_ptr(), 0, bf16)
+            return y
+
+        return run
 
     def stack_rows(self, parts: list[CpuPacked]) -> tuple[CpuPacked, list[CpuPacked]] | None:
         """Fast layouts of one geometry whose row counts (but the last) are multiples of 16: the layouts are
@@ -477,7 +504,7 @@ def _run(x: torch.Tensor, packed: CpuPacked, path: str, partials: bool) -> tuple
     p = torch.empty(tokens, packed.out_features, packed.groups, dtype=torch.int32) if partials else None
     # The extension takes addresses: xa, y and p are contiguous CPU tensors of
     # the shapes it expects, and stay alive for the call.
-    packed.handle.run(xa.data_ptr(), bf16, tokens, w4a8, y.data_ptr(), p.data_ptr() if partials else 0)
+    packed.handle.run(xa.data_ptr(), bf16, tokens, w4a8, y.data_ptr(), p.data_ptr() if partials else 0, False)
     return y, p
 
 

@@ -337,18 +337,32 @@ T* ptr(uintptr_t p) {
   return reinterpret_cast<T*>(p);
 }
 
+// fp32 -> bf16 bits, round to nearest even (as torch's .to(torch.bfloat16)).
+void to_bf16(const float* src, uint16_t* dst, size_t n) {
+  for (size_t i = 0; i < n; ++i) {
+    uint32_t b;
+    std::memcpy(&b, &src[i], 4);
+    const uint32_t r = b + 0x7FFFu + ((b >> 16) & 1u);
+    dst[i] = uint16_t(((b & 0x7FFFFFFFu) > 0x7F800000u ? b | 0x400000u : r) >> 16);
+  }
+}
+
 // One call of a weight's kernels: activations prepared, then
 // kernel(prepared, lo, hi, y, P) over work items [0, n) on the pool.
-// x, y and P are addresses the Python side has checked (P may be 0).
+// x, y and P are addresses the Python side has checked (P may be 0); y holds
+// [tokens][out] fp32, or bf16 when out_bf16 (the kernels' fp32 results, rounded).
 template <typename Kernel>
 void run_call(uintptr_t x, bool bf16, int tokens, int k, int kk, int group, int groups, Acts mode, bool gather24,
-              int n, const Ops* ops, uintptr_t y, uintptr_t P, Kernel&& kernel) {
+              int n, int out, bool out_bf16, const Ops* ops, uintptr_t y, uintptr_t P, Kernel&& kernel) {
   const Input in{ptr<const void>(x), bf16, tokens, k};
   Prepared p;
   prepare(ops, p, in, kk, group, groups, mode, gather24);
-  float* yp = ptr<float>(y);
+  thread_local std::vector<float> staged;
+  if (out_bf16) staged.resize(size_t(tokens) * out);
+  float* yp = out_bf16 ? staged.data() : ptr<float>(y);
   int32_t* pp = ptr<int32_t>(P);
   pool().run(n, chunk_for(n), [&](int lo, int hi) { kernel(p, lo, hi, yp, pp); });
+  if (out_bf16) to_bf16(yp, ptr<uint16_t>(y), size_t(tokens) * out);
 }
 
 // A weight in the fast layout, checked once when built; holds its buffers.
@@ -387,7 +401,7 @@ struct FastWeight {
   }
 
   // x [tokens][k] -> y [tokens][out] (fp32), P [tokens][out][groups] when not 0.
-  void run(uintptr_t x, bool bf16, int tokens, bool w4a8, uintptr_t y, uintptr_t P) const {
+  void run(uintptr_t x, bool bf16, int tokens, bool w4a8, uintptr_t y, uintptr_t P, bool out_bf16) const {
     if (tokens <= 0) return;
     nb::gil_scoped_release release;
     const Ops* ops = current_ops();
@@ -395,7 +409,7 @@ struct FastWeight {
     const bool bf16_kernel =
         !w4a8 && bf16 && L.kind == KIND_24 && ops->fast_w4a16_bf16 && cpu_has_avx512_bf16();
     const Acts mode = w4a8 ? Acts::INT8 : bf16_kernel ? Acts::BF16 : Acts::FP32;
-    run_call(x, bf16, tokens, k, L.kk, L.group, L.groups, mode, L.kind == KIND_24, L.blocks, ops, y, P,
+    run_call(x, bf16, tokens, k, L.kk, L.group, L.groups, mode, L.kind == KIND_24, L.blocks, L.out, out_bf16, ops, y, P,
              [&](const Prepared& p, int lo, int hi, float* yp, int32_t* pp) {
                if (mode == Acts::INT8)
                  ops->fast_w4a8(L, p.a8, lo, hi, yp, pp);
@@ -450,12 +464,12 @@ struct GenericWeight {
     if (L.meta_kind == 2 && !L.table) throw std::invalid_argument("generic layout: rank table missing");
   }
 
-  void run(uintptr_t x, bool bf16, int tokens, bool w4a8, uintptr_t y, uintptr_t P) const {
+  void run(uintptr_t x, bool bf16, int tokens, bool w4a8, uintptr_t y, uintptr_t P, bool out_bf16) const {
     if (tokens <= 0) return;
     nb::gil_scoped_release release;
     const Ops* ops = current_ops();
     const Acts mode = w4a8 ? Acts::INT8 : Acts::FP32;
-    run_call(x, bf16, tokens, k, L.padded_in, L.group, L.groups, mode, false, L.out, ops, y, P,
+    run_call(x, bf16, tokens, k, L.padded_in, L.group, L.groups, mode, false, L.out, L.out, out_bf16, ops, y, P,
              [&](const Prepared& p, int lo, int hi, float* yp, int32_t* pp) {
                if (w4a8)
                  ops->generic_w4a8(L, p.a8, lo, hi, yp, pp);
@@ -548,10 +562,10 @@ NB_MODULE(_nmq_cpu, m) {
   m.def("get_isa", [] { return std::string(current_ops()->name); });
   m.def("set_threads", [](int n) { pool().resize(n); }, "Threads the kernels use (the caller included)");
   m.def("get_threads", [] { return pool().size(); });
-  // run(x, bf16, tokens, w4a8, y, P): x, y and P are addresses of contiguous
-  // CPU buffers ([tokens][k] fp32 or bf16, [tokens][out] fp32, [tokens][out]
-  // [groups] int32 or 0) that the caller has checked; passing addresses keeps
-  // a call to a few microseconds.
+  // run(x, bf16, tokens, w4a8, y, P, out_bf16): x, y and P are addresses of
+  // contiguous CPU buffers ([tokens][k] fp32 or bf16, [tokens][out] fp32 or
+  // bf16, [tokens][out][groups] int32 or 0) that the caller has checked;
+  // passing addresses keeps a call to a few microseconds.
   m.def("attend", &attend_call, "Attention of one position over a KV cache (addresses; see nmq.backends.cpu_decode)");
   m.def("attend_step", &attend_step, "Rotary, KV cache write and attention of one decode position (addresses)");
   m.def("add_rms_norm", [](uintptr_t h, uintptr_t add, uintptr_t w, uintptr_t out, int n, float eps, bool bf16) {
