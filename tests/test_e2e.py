@@ -49,3 +49,21 @@ def test_fpga_rows_come_from_the_cycle_model():
     assert sparse["backend"] == "fpga-cycle-model" and sparse["peak_rss_gb"] is None
     assert sparse["tokens_per_s"] > dense["tokens_per_s"] > 0
     assert sparse["cycles_per_token"] < dense["cycles_per_token"]
+
+
+def test_e2e_nmq_configs_take_turns_in_their_own_processes(capsys):
+    """Side by side: one process per configuration (own peak RSS), every round from each, in rotating order."""
+    assert main(["bench", "e2e", "--model", "tiny", "--configs", "nmq-2:4-int4,nmq-dense-int4", "--backend",
+                 "reference", "--rounds", "3", "--new-tokens", "3", "--prompt-tokens", "4", "--json", "--quiet"]) == 0
+    records = json.loads(capsys.readouterr().out)
+    assert [r["config"] for r in records] == ["nmq-2:4-int4", "nmq-dense-int4"]
+    for r in records:
+        assert r["interleaved"] and r["rounds"] == 3 and len(r["round_ms"]) == 3 and len(r["decode_ms"]) == 6
+        assert r["backend"] == "reference" and r["tokens_per_s"] > 0 and r["peak_rss_gb"] > 0
+
+
+def test_e2e_worker_failure_is_one_clear_line(capsys):
+    assert main(["bench", "e2e", "--model", "tiny", "--configs", "nmq-2:4-int4,nmq-dense-int4", "--backend",
+                 "nonesuch", "--rounds", "1", "--new-tokens", "2", "--quiet"]) == 2
+    err = capsys.readouterr().err
+    assert "configuration nmq-2:4-int4 failed" in err and "nonesuch" in err and "Traceback" not in err

@@ -84,6 +84,7 @@ class LlamaDecoder:
             cos, sin = inner.rotary_emb(probe, torch.arange(max_len, device=self.device).unsqueeze(0))
         self.cos, self.sin = cos[0].contiguous(), sin[0].contiguous()  # [max_len, head_dim]
         self.ops = self._decode_ops(config)
+        self._plan: list[tuple] | None = None
 
     def _decode_ops(self, config) -> DecodeOps | None:
         """The C++ step operations (nmq.backends.cpu_decode) where they compute what the model does."""
@@ -98,22 +99,32 @@ class LlamaDecoder:
                          intermediate=config.intermediate_size, dtype=self.dtype, k_cache=self.k[:, 0],
                          v_cache=self.v[:, 0], cos=self.cos, sin=self.sin, scale=self.scaling)
 
+    def _decode_plan(self) -> list[tuple]:
+        """Per layer, what a decode step calls, looked up once (module attribute lookups and ``Module.__call__``
+        cost microseconds each, and a step makes a dozen calls a layer)."""
+        plan = []
+        for i, layer in enumerate(self.layers):
+            attn, mlp = layer.self_attn, layer.mlp
+            n1, n2 = layer.input_layernorm, layer.post_attention_layernorm
+            qkv = self.qkv[i] or (lambda a, at=attn: (at.q_proj(a), at.k_proj(a), at.v_proj(a)))
+            gate_up = self.gate_up[i] or (lambda a, m=mlp: (m.gate_proj(a), m.up_proj(a)))
+            plan.append((n1.weight, n1.variance_epsilon, qkv, attn.o_proj.forward, n2.weight, n2.variance_epsilon,
+                         gate_up, mlp.down_proj.forward))
+        return plan
+
     def _decode_one(self, ids: torch.Tensor) -> torch.Tensor:
         """One position through the C++ step operations; the same arithmetic as :meth:`step`."""
         ops, pos = self.ops, self.length
+        if self._plan is None:
+            self._plan = self._decode_plan()
         inner = self.model.model
         ops.h.copy_(inner.embed_tokens(ids))
         add = None
-        for i, layer in enumerate(self.layers):
-            attn, mlp = layer.self_attn, layer.mlp
-            a = ops.norm(add, layer.input_layernorm.weight, layer.input_layernorm.variance_epsilon)
-            qkv = self.qkv[i]
-            q, k, v = qkv(a) if qkv is not None else (attn.q_proj(a), attn.k_proj(a), attn.v_proj(a))
-            add = attn.o_proj(ops.attend(i, pos, q, k, v))
-            a = ops.norm(add, layer.post_attention_layernorm.weight, layer.post_attention_layernorm.variance_epsilon)
-            gu = self.gate_up[i]
-            g, u = gu(a) if gu is not None else (mlp.gate_proj(a), mlp.up_proj(a))
-            add = mlp.down_proj(ops.silu_mul(g, u))
+        for i, (w1, eps1, qkv, o_proj, w2, eps2, gate_up, down) in enumerate(self._plan):
+            q, k, v = qkv(ops.norm(add, w1, eps1))
+            add = o_proj(ops.attend(i, pos, q, k, v))
+            g, u = gate_up(ops.norm(add, w2, eps2))
+            add = down(ops.silu_mul(g, u))
         last = ops.norm(add, inner.norm.weight, inner.norm.variance_epsilon)
         self.length = pos + 1
         return self.model.lm_head(last).reshape(-1).float()

@@ -1,7 +1,14 @@
 """``nmq bench e2e``: token-by-token decoding of a whole model, per configuration.
 
-Each configuration runs in a process of its own (``--one``), so peak RSS is
-that configuration's alone. Models are built with random weights directly in
+Each configuration runs in a process of its own, so peak RSS is that
+configuration's alone. The nmq configurations are timed *side by side*: their
+processes build their models, then take turns decoding, ``--rounds`` rounds
+of ``--new-tokens`` tokens each (a process waits on its pipe, idle, while
+another decodes), so a ratio between them is not the drift of the machine's
+memory bandwidth from one minute to the next (on the 2-core reference machine
+a plain read stream ranges 39-62 GB/s within a minute). The PyTorch baselines
+(whose models do not fit in memory beside the others at LLaMA-7B size) run
+alone, one after another, ``--rounds`` generations each. Models are built with random weights directly in
 their final form (:mod:`nmq.synthetic`): compressed configurations never hold
 a dense copy, and keep each linear layer in its backend's packed form only.
 Embeddings and norms are bf16 in every configuration; the nmq configurations
@@ -11,7 +18,7 @@ the ``--path`` numeric path (default ``w4a8``: int8 activations per group of
 core and PyTorch's ops around them on one thread. Timing: after an untimed
 warm-up generation of a few tokens, a random prompt is prefilled, then
 ``--new-tokens`` tokens are decoded one by one with the KV cache;
-``ms_per_token`` is the median decode step.
+``ms_per_token`` is the median decode step over all rounds.
 """
 
 from __future__ import annotations
@@ -20,8 +27,10 @@ import argparse
 import json
 import os
 import resource
+import statistics
 import subprocess
 import sys
+import tempfile
 import time
 
 import torch
@@ -43,15 +52,11 @@ WARMUP_TOKENS = 4
 DEFAULT_CONFIGS = ("torch-bf16", "nmq-dense-int4", "nmq-2:4-int4", "nmq-4:8-int4")
 
 
-def run_one(config: str, model_name: str, prompt_tokens: int, new_tokens: int, backend: str, threads: int | None,
-            path: str = "w4a8") -> dict:
-    from ..generate import generate_ids
+def build(config: str, model_name: str, backend: str, threads: int | None, path: str = "w4a8"):
+    """The configuration's model, ready to decode, and the backend its linear layers run on."""
     from ..recipe import Recipe
     from ..synthetic import SHAPES, llama_model
 
-    if config.startswith("fpga-model-"):
-        return fpga_estimate(config, model_name)
-    start = time.perf_counter()
     pattern = CONFIGS[config]
     if pattern is None:
         if threads:
@@ -76,29 +81,81 @@ def run_one(config: str, model_name: str, prompt_tokens: int, new_tokens: int, b
         model = llama_model(SHAPES[model_name], Recipe(pattern=pattern, bits=4, group_size=128), backend=backend,
                             dtype=torch.bfloat16, release_source=True, path=path,
                             head=Recipe(pattern="dense", bits=4, group_size=128, ignore=()))
-    build_s = time.perf_counter() - start
-    vocab = model.config.vocab_size
-    ids = torch.randint(0, vocab, (1, prompt_tokens), generator=torch.Generator().manual_seed(0))
-    # An untimed warm-up first: the first passes over freshly built weights
-    # run up to 3x slower here (page tables, caches, clocks); what is
-    # measured is the steady state, for every configuration alike.
-    generate_ids(model, ids, WARMUP_TOKENS)
-    r = generate_ids(model, ids, new_tokens)
-    return {
-        "config": config,
-        "model": model_name,
-        "ms_per_token": r.ms_per_token,
-        "tokens_per_s": r.tokens_per_s,
-        "prefill_ms": r.prefill_ms,
-        "peak_rss_gb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2**20,
-        "backend": used,
-        "path": None if pattern is None else path,
-        "prompt_tokens": prompt_tokens,
-        "new_tokens": new_tokens,
-        "decode_ms": r.decode_ms,
-        "threads": threads or len(os.sched_getaffinity(0)),
-        "build_s": build_s,
-    }
+    return model, used
+
+
+class Session:
+    """One configuration's model in this process: built, warmed up, then decoding round after round."""
+
+    def __init__(self, config: str, model_name: str, prompt_tokens: int, new_tokens: int, backend: str,
+                 threads: int | None, path: str = "w4a8") -> None:
+        start = time.perf_counter()
+        self.model, self.backend = build(config, model_name, backend, threads, path)
+        self.build_s = time.perf_counter() - start
+        self.config, self.model_name, self.path, self.threads = config, model_name, path, threads
+        self.new_tokens = new_tokens
+        vocab = self.model.config.vocab_size
+        self.ids = torch.randint(0, vocab, (1, prompt_tokens), generator=torch.Generator().manual_seed(0))
+        # An untimed warm-up first: the first passes over freshly built weights
+        # run up to 3x slower here (page tables, caches, clocks); what is
+        # measured is the steady state, for every configuration alike.
+        self.generate(WARMUP_TOKENS)
+
+    def generate(self, tokens: int | None = None):
+        from ..generate import generate_ids
+
+        return generate_ids(self.model, self.ids, tokens or self.new_tokens)
+
+    def round(self) -> dict:
+        r = self.generate()
+        return {"decode_ms": r.decode_ms, "prefill_ms": r.prefill_ms}
+
+    def record(self, rounds: list[dict]) -> dict:
+        steps = [t for r in rounds for t in r["decode_ms"]]
+        ms = statistics.median(steps)
+        return {
+            "config": self.config,
+            "model": self.model_name,
+            "ms_per_token": ms,
+            "tokens_per_s": 1000.0 / ms,
+            "prefill_ms": statistics.median(r["prefill_ms"] for r in rounds),
+            "peak_rss_gb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2**20,
+            "backend": self.backend,
+            "path": None if CONFIGS[self.config] is None else self.path,
+            "prompt_tokens": self.ids.shape[1],
+            "new_tokens": self.new_tokens,
+            "rounds": len(rounds),
+            "round_ms": [statistics.median(r["decode_ms"]) for r in rounds],
+            "decode_ms": steps,
+            "threads": self.threads or len(os.sched_getaffinity(0)),
+            "build_s": self.build_s,
+        }
+
+
+def run_one(config: str, model_name: str, prompt_tokens: int, new_tokens: int, backend: str, threads: int | None,
+            path: str = "w4a8", rounds: int = 1) -> dict:
+    """Build one configuration and decode ``rounds`` generations in this process."""
+    if config.startswith("fpga-model-"):
+        return fpga_estimate(config, model_name)
+    s = Session(config, model_name, prompt_tokens, new_tokens, backend, threads, path)
+    return s.record([s.round() for _ in range(rounds)])
+
+
+def serve(args: argparse.Namespace) -> int:
+    """Worker side of an interleaved run: build, say ready, then one round per ``round`` line on stdin."""
+    s = Session(args.configs, args.model, args.prompt_tokens, args.new_tokens, args.backend, args.threads, args.path)
+    rounds = []
+    print(json.dumps({"ready": True}), flush=True)
+    for line in sys.stdin:
+        if line.strip() == "warmup":
+            s.generate(WARMUP_TOKENS)
+        elif line.strip() == "round":
+            rounds.append(s.round())
+        else:
+            break
+        print(json.dumps({"done": True}), flush=True)
+    print(json.dumps(s.record(rounds)), flush=True)
+    return 0
 
 
 def fpga_estimate(config: str, model_name: str) -> dict:
@@ -120,7 +177,8 @@ def add_parser(subparsers, common: argparse.ArgumentParser) -> argparse.Argument
     p = subparsers.add_parser(
         "e2e", parents=[common], formatter_class=argparse.RawDescriptionHelpFormatter,
         help="decode latency, tokens/s and peak memory of whole models, dense vs compressed",
-        description="Decode token by token with random-weight LLaMA-shaped models, one process per configuration.",
+        description="Decode token by token with random-weight LLaMA-shaped models, one process per configuration; "
+                    "the nmq configurations take turns round by round (side by side), the PyTorch baselines run alone.",
         epilog="examples:\n  nmq bench e2e --model llama-7b --json\n  nmq bench e2e --model tiny --configs nmq-2:4-int4 --backend reference\n",
     )
     p.add_argument("--model", default="llama-7b", choices=sorted(_shapes()), help="model shape (default llama-7b)")
@@ -131,7 +189,13 @@ def add_parser(subparsers, common: argparse.ArgumentParser) -> argparse.Argument
     p.add_argument("--threads", type=int, help="threads (default: all)")
     p.add_argument("--path", default="w4a8", choices=["w4a8", "w4a16"],
                    help="numeric path of the nmq configurations (default w4a8: int8 activations per group of 128)")
+    p.add_argument("--rounds", type=int, default=5,
+                   help="generations of --new-tokens per configuration (default 5); the nmq configurations take "
+                        "turns, one round each, so their ratio is measured side by side")
+    p.add_argument("--sequential", action="store_true",
+                   help="run every configuration alone, one after another, instead of the nmq ones side by side")
     p.add_argument("--one", action="store_true", help=argparse.SUPPRESS)
+    p.add_argument("--serve", action="store_true", help=argparse.SUPPRESS)
     p.add_argument("--json", action="store_true", help='print records {"config", "ms_per_token", "tokens_per_s", '
                    '"prefill_ms", "peak_rss_gb", "backend", ...}')
     p.set_defaults(func=cmd_e2e)
@@ -151,35 +215,115 @@ def cmd_e2e(args: argparse.Namespace) -> int:
     bad = [c for c in configs if c not in CONFIGS]
     if bad or not configs:
         raise NMQError(f"--configs: unknown {bad}; accepted: {', '.join(CONFIGS)}")
-    if args.new_tokens < 2 or args.prompt_tokens < 1:
-        raise NMQError("--new-tokens must be >= 2 and --prompt-tokens >= 1")
+    if args.new_tokens < 2 or args.prompt_tokens < 1 or args.rounds < 1:
+        raise NMQError("--new-tokens must be >= 2, --prompt-tokens >= 1 and --rounds >= 1")
+    if args.serve:
+        return serve(args)
     if args.one:
         print(json.dumps(run_one(configs[0], args.model, args.prompt_tokens, args.new_tokens, args.backend, args.threads,
-                                 args.path)))
+                                 args.path, args.rounds)))
         return 0
-    records = []
+    side_by_side = [] if args.sequential else [c for c in configs if c.startswith("nmq-")]
+    records = _interleaved(side_by_side, args) if len(side_by_side) > 1 else {}
     for config in configs:
-        cmd = [sys.executable, "-m", "nmq", "bench", "e2e", "--one", "--configs", config, "--model", args.model,
-               "--prompt-tokens", str(args.prompt_tokens), "--new-tokens", str(args.new_tokens),
-               "--backend", args.backend, "--path", args.path, "--quiet"] + (
-                   ["--threads", str(args.threads)] if args.threads else [])
-        if config.startswith("fpga-model-"):
-            records.append(fpga_estimate(config, args.model))
+        if config in records:
             continue
-        if not args.quiet:
-            print(f"{config}: building {args.model} and decoding {args.new_tokens} tokens ...", file=sys.stderr)
-        # Large temporaries of the build go straight back to the OS (no heap
-        # fragmentation in the peak RSS); small allocations are unaffected.
-        env = dict(os.environ, MALLOC_MMAP_THRESHOLD_="1048576")
-        proc = subprocess.run(cmd, capture_output=True, text=True, env=env)
+        if config.startswith("fpga-model-"):
+            records[config] = fpga_estimate(config, args.model)
+            continue
+        _say(args, f"{config}: building {args.model}, then {args.rounds} rounds of {args.new_tokens} tokens ...")
+        proc = subprocess.run(_command(config, args, "--one"), capture_output=True, text=True, env=_env())
         if proc.returncode != 0:
-            raise NMQError(f"configuration {config} failed: {proc.stderr.strip().splitlines()[-1] if proc.stderr.strip() else proc.returncode}")
-        records.append(json.loads(proc.stdout.strip().splitlines()[-1]))
+            raise NMQError(f"configuration {config} failed: {_last_line(proc.stderr) or proc.returncode}")
+        records[config] = json.loads(proc.stdout.strip().splitlines()[-1])
+        records[config]["interleaved"] = False
+    ordered = [records[c] for c in configs]
     if args.json:
-        print(json.dumps(records, indent=2))
+        print(json.dumps(ordered, indent=2))
     else:
-        print(format_table(records))
+        print(format_table(ordered))
     return 0
+
+
+def _say(args: argparse.Namespace, text: str) -> None:
+    if not args.quiet:
+        print(text, file=sys.stderr, flush=True)
+
+
+def _env() -> dict:
+    # Large temporaries of the build go straight back to the OS (no heap
+    # fragmentation in the peak RSS); small allocations are unaffected.
+    return dict(os.environ, MALLOC_MMAP_THRESHOLD_="1048576")
+
+
+def _command(config: str, args: argparse.Namespace, mode: str) -> list[str]:
+    return [sys.executable, "-m", "nmq", "bench", "e2e", mode, "--configs", config, "--model", args.model,
+            "--prompt-tokens", str(args.prompt_tokens), "--new-tokens", str(args.new_tokens), "--rounds",
+            str(args.rounds), "--backend", args.backend, "--path", args.path, "--quiet"] + (
+                ["--threads", str(args.threads)] if args.threads else [])
+
+
+def _last_line(text: str) -> str:
+    lines = text.strip().splitlines()
+    return lines[-1] if lines else ""
+
+
+class _Worker:
+    """A configuration's own process (`--serve`), driven one line at a time."""
+
+    def __init__(self, config: str, args: argparse.Namespace) -> None:
+        self.config = config
+        self.err = tempfile.TemporaryFile(mode="w+")
+        self.proc = subprocess.Popen(_command(config, args, "--serve"), stdin=subprocess.PIPE, stdout=subprocess.PIPE,
+                                     stderr=self.err, text=True, env=_env())
+        self.expect("ready")
+
+    def expect(self, key: str) -> dict:
+        from ..errors import NMQError
+
+        line = self.proc.stdout.readline()
+        try:
+            msg = json.loads(line)
+        except ValueError:
+            msg = None
+        if not isinstance(msg, dict) or (key and not msg.get(key)):
+            self.proc.kill()
+            self.err.seek(0)
+            raise NMQError(f"configuration {self.config} failed: {_last_line(self.err.read()) or 'no answer'}")
+        return msg
+
+    def ask(self, command: str, key: str = "done") -> dict:
+        self.proc.stdin.write(command + "\n")
+        self.proc.stdin.flush()
+        return self.expect(key)
+
+    def close(self) -> None:
+        if self.proc.poll() is None:
+            self.proc.kill()
+        self.proc.wait()
+        self.err.close()
+
+
+def _interleaved(configs: list[str], args: argparse.Namespace) -> dict[str, dict]:
+    """Records of ``configs`` decoded side by side: one process each, taking turns round by round."""
+    workers: list[_Worker] = []
+    try:
+        for config in configs:  # one build at a time: a build uses every core
+            _say(args, f"{config}: building {args.model} ...")
+            workers.append(_Worker(config, args))
+        for w in workers:
+            w.ask("warmup")
+        for r in range(args.rounds):
+            _say(args, f"round {r + 1}/{args.rounds}: {args.new_tokens} tokens from each of {', '.join(configs)}")
+            for w in workers[r % len(workers):] + workers[: r % len(workers)]:  # rotating order
+                w.ask("round")
+        records = {}
+        for w in workers:
+            records[w.config] = dict(w.ask("finish", key=""), interleaved=True)
+        return records
+    finally:
+        for w in workers:
+            w.close()
 
 
 def format_table(records: list[dict]) -> str:
