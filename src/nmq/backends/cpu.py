@@ -225,7 +225,7 @@ class CpuBackend(Backend):
         if any(p.out_features % ROWS for p in parts[:-1]):
             return None
         kind, _, _, kk, group, groups, steps, vbytes, mbytes, symmetric, k = first.params
-        per_block = [groups * steps * vbytes,
+        per_block = [-(-groups * steps // 2) * 64 if kind == KIND_24 else groups * steps * vbytes,
                      -(-groups * steps // 4) * QUAD24 if kind == KIND_24 else groups * steps * mbytes,
                      groups * ROWS, 0 if symmetric else groups * 8]
         spare = 16 if kind == KIND_24 else 0  # 2:4 metadata ends with 16 spare bytes
@@ -389,11 +389,14 @@ def _pack24(codes: torch.Tensor, gpos: torch.Tensor, out: int, blocks: int, pair
     for r, (a, b) in enumerate(_PAIRS24):
         lut[a, b] = r
     rank[:out, : gpos.shape[1]] = lut[gpos[..., 0].long(), gpos[..., 1].long()]
-    # Values: per pair-step 4 qwords; qword u holds rows 2u, 2u+1, 2u+8, 2u+9
-    # (h = 0..3), 16 bits each, the codes in slot order.
-    code = code[..., list(_SLOT_CODE)].reshape(blocks, 2, 4, 2, pairs, 4)  # [b, hi, u, e, pair, slot]
-    nib = code.permute(0, 4, 2, 1, 3, 5).reshape(blocks * pairs, 64)  # [b, pair, u, (hi, e) = h, slot]
-    vals = nib[:, 0::2] | (nib[:, 1::2] << 4)
+    # Values: per two pair-steps 64 bytes, byte 4 * row + slot holding that
+    # code of the first step in its low nibble and of the second in its high
+    # one (a zero step pads an odd count).
+    code = code[..., list(_SLOT_CODE)]
+    if pairs % 2:
+        code = torch.cat([code, torch.zeros(outp, 1, 4, dtype=torch.uint8)], dim=1)
+    nib = code.reshape(blocks, ROWS, -1, 2, 4).permute(0, 2, 3, 1, 4).reshape(-1, 2, 64)  # [b, two-step, step, row, slot]
+    vals = nib[:, 0] | (nib[:, 1] << 4)
     # Metadata: per row and pair-step 6 bits (rank of the first 4-group, then
     # of the second); per quad of pair-steps 8 row pairs x 48 bits, bit
     # 12 * step + 6 * row-in-pair.

@@ -25,9 +25,12 @@ constexpr int PAIR_K = 8;  // K covered by one pair-step (two 16x4 byte domains)
 // as compactly as the format's rank metadata (2.875 bits per weight with fp16
 // scales of 128). A row keeps 4 codes per pair-step; in its 32-bit lane they
 // sit in slot order 0, 2, 1, 3 (so the lane's two 16-bit words hold codes 0, 1
-// and, shifted right by 8, codes 2, 3). Values, 32 bytes per pair-step: qword
-// u (0..3) holds rows 2u, 2u+1, 2u+8, 2u+9 (h = 0..3) at bits 16h + 4 * slot,
-// which one vpmultishiftqb turns into row lanes. Metadata, per row and
+// and, shifted right by 8, codes 2, 3). Values, per row block 64 bytes for
+// every two pair-steps (counted over all groups; an odd count ends with a
+// zero step): byte 4 * row + slot holds that code of the first pair-step in
+// its low nibble and of the second in its high one, so a 64-byte load is the
+// row lanes of one pair-step and a 16-bit shift by 4 those of the next.
+// Metadata, per row and
 // pair-step 6 bits: the rank (0..5, colex) of the kept pair in 4-group A, then
 // in B; per row block, quads of 4 pair-steps (48 bytes, global pair-step t in
 // quad t / 4 at e = t % 4) hold row pair P's 48 bits at byte 6P, the field of

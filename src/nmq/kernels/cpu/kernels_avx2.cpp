@@ -42,23 +42,14 @@ static NMQ_INLINE void zeros8(const FastLayout& L, size_t blk, __m256i zd[2], __
   zf[1] = _mm256_mullo_epi32(zd[1], _mm256_set1_epi32(0x01010101));
 }
 
-// One 2:4 pair-step (layout in kernels.h) as row lanes: codes in slot order
-// (cw[0] rows 0..7, cw[1] rows 8..15) and, byte for byte, the K positions
-// (0..7) they meet. The codes are spread with one vpshufb per half; the gather
-// positions come from a 64-entry table of the 6-bit metadata fields.
-static NMQ_INLINE void decode24(const uint8_t* v, const uint8_t* quad, int e, __m256i cw[2], __m256i ix[2]) {
+// One 2:4 pair-step (layout in kernels.h: value bytes v, nibble half) as row
+// lanes: codes in slot order (cw[0] rows 0..7, cw[1] rows 8..15) and, byte
+// for byte, the K positions (0..7) they meet, from a 64-entry table of the
+// 6-bit metadata fields.
+static NMQ_INLINE void decode24(const uint8_t* v, int half, const uint8_t* quad, int e, __m256i cw[2], __m256i ix[2]) {
   alignas(32) static const struct Tables {
-    uint8_t ctl[2][32];
     uint32_t pos[64];
     Tables() {
-      for (int half = 0; half < 2; ++half)
-        for (int l = 0; l < 2; ++l)
-          for (int r = 0; r < 4; ++r) {
-            const int b0 = 8 * (r >> 1) + 2 * (2 * half + (r & 1));
-            uint8_t* c = &ctl[half][16 * l + 4 * r];
-            c[0] = c[1] = uint8_t(b0);
-            c[2] = c[3] = uint8_t(b0 + 1);
-          }
       for (int f = 0; f < 64; ++f) {
         const int ra = f & 7, rb = f >> 3;
         pos[f] = uint32_t(PAIR24[ra][0]) | uint32_t(4 + PAIR24[rb][0]) << 8 | uint32_t(PAIR24[ra][1]) << 16 |
@@ -66,12 +57,11 @@ static NMQ_INLINE void decode24(const uint8_t* v, const uint8_t* quad, int e, __
       }
     }
   } tab;
-  const __m256i x = _mm256_loadu_si256(reinterpret_cast<const __m256i*>(v));
+  const __m128i shift = _mm_cvtsi32_si128(4 * half);
 #pragma GCC unroll 2
-  for (int half = 0; half < 2; ++half) {
-    const __m256i t = _mm256_shuffle_epi8(x, _mm256_load_si256(reinterpret_cast<const __m256i*>(tab.ctl[half])));
-    cw[half] = _mm256_or_si256(_mm256_and_si256(t, _mm256_set1_epi16(0x000F)),
-                               _mm256_and_si256(_mm256_srli_epi16(t, 4), _mm256_set1_epi16(0x0F00)));
+  for (int h = 0; h < 2; ++h) {
+    const __m256i x = _mm256_loadu_si256(reinterpret_cast<const __m256i*>(v + 32 * h));
+    cw[h] = _mm256_and_si256(_mm256_srl_epi16(x, shift), _mm256_set1_epi8(15));
   }
   alignas(32) uint32_t idx[16];
   for (int p = 0; p < 8; ++p) {
@@ -161,7 +151,7 @@ static void w4a8_tile(const FastLayout& L, const Act8& a, int b, int t0, float* 
       if constexpr (KIND == KIND_24) {
         const int t24 = g * S + s;
         __m256i c[2], ix[2];
-        decode24(v + size_t(s) * VB, L.meta + size_t(b) * meta24_stride(L) + (t24 / 4) * QUAD24, t24 % 4, c, ix);
+        decode24(vals24(L, b, t24), t24 & 1, quad24_at(L, b, t24), t24 % 4, c, ix);
         const __m256i w0 = _mm256_sub_epi8(c[0], zf[0]);
         const __m256i w1 = _mm256_sub_epi8(c[1], zf[1]);
         const __m256i i0 = ix[0], i1 = ix[1];
@@ -277,7 +267,7 @@ static void w4a16_tile(const FastLayout& L, const ActF& a, int b, int t0, float*
       if constexpr (KIND == KIND_24) {
         const int t24 = g * S + s;
         __m256i c[2];
-        decode24(v + size_t(s) * VB, L.meta + size_t(b) * meta24_stride(L) + (t24 / 4) * QUAD24, t24 % 4, c, ix);
+        decode24(vals24(L, b, t24), t24 & 1, quad24_at(L, b, t24), t24 % 4, c, ix);
         cw[0][0] = c[0];
         cw[1][0] = c[1];
       } else {

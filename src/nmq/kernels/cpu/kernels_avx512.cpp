@@ -342,12 +342,11 @@ static void w4a16_tile(const FastLayout& L, const ActF& a, int b, int t0, float*
 // rank and slot as the index; the float kernels turn rank and slot into the K
 // position with one more vpermb (layout in kernels.h).
 alignas(64) static const struct Tab24 {
-  uint8_t code_ctl[64], meta_perm[64], meta_ctl[4][64], slot_or[64], lut[64];
+  uint8_t meta_perm[64], meta_ctl[4][64], slot_or[64], lut[64];
   uint8_t pair_ctl[4][64], pair_or[64], table_ctl[64];
   Tab24() {
     for (int i = 0; i < 64; ++i) {
       const int row = i / 4, slot = i % 4, q = row / 2;
-      code_ctl[i] = uint8_t(16 * ((row & 1) + 2 * (q >= 4)) + 4 * slot);
       meta_perm[i] = uint8_t(i % 8 < 6 ? 6 * (i / 8) + i % 8 : 0);
       for (int e = 0; e < 4; ++e) {
         meta_ctl[e][i] = uint8_t(12 * e + 6 * (row & 1) + 3 * (slot & 1));
@@ -368,11 +367,6 @@ alignas(64) static const struct Tab24 {
 static NMQ_INLINE __m512i ld(const uint8_t* p) { return _mm512_load_si512(p); }
 
 // Row lanes of a pair-step's codes, each byte's low nibble the code of its slot.
-static NMQ_INLINE __m512i codes24(const uint8_t* v) {
-  return _mm512_multishift_epi64_epi8(
-      ld(tab24.code_ctl), _mm512_broadcast_i64x4(_mm256_loadu_si256(reinterpret_cast<const __m256i*>(v))));
-}
-
 static NMQ_INLINE __m512i quad24(const uint8_t* q) {
   return _mm512_permutexvar_epi8(ld(tab24.meta_perm), _mm512_maskz_loadu_epi8(0x0000FFFFFFFFFFFFull, q));
 }
@@ -413,47 +407,47 @@ static NMQ_INLINE __m512i index24(__m512i quad, int e) {
 
 constexpr int PF_VALS = 4096, PF_META = 1536;  // prefetch distances (bytes) of the 2:4 streams
 
-// Walks the pair-steps of one row block and group, keeping the current
-// metadata quad; fn(parity, k, codes, quad, e) per pair-step (e: the step's
-// place in the quad), the parity of the step a compile-time constant
+// Walks the pair-steps of one row block and group: fn(parity, k, codes,
+// quad, e) per pair-step, codes holding its codes in each byte's low nibble
+// (the high nibble is another code), quad its metadata quad and e the step's
+// place in it; the parity of the step is a compile-time constant
 // (accumulators alternate with it). When a group is whole quads (groups of a
 // multiple of 32), e is a compile-time constant too and the loop runs quad by
-// quad: no per-step bookkeeping, which at ~10 vector instructions a step
-// would otherwise hold the front end back.
+// quad: no per-step bookkeeping, which at ~9 vector instructions a step would
+// otherwise hold the front end back.
 template <typename Fn>
 static NMQ_INLINE void walk24(const FastLayout& L, int b, int g, Fn&& fn) {
   using std::integral_constant;
   const int S = L.steps;
-  const uint8_t* v = L.vals + (size_t(b) * L.groups + g) * S * 32;
-  const uint8_t* mb = L.meta + size_t(b) * meta24_stride(L);
   const int t0 = g * S, k0 = g * L.group;
+  const __m512i* v = reinterpret_cast<const __m512i*>(vals24(L, b, t0));
+  const uint8_t* m = quad24_at(L, b, t0);
   if (S % 4 == 0) {
-    const uint8_t* m = mb + size_t(t0 / 4) * QUAD24;
-    for (int s = 0; s < S; s += 4, m += QUAD24, v += 128) {
+    // Two pair-steps per 64 bytes: the first's codes in the low nibbles, the
+    // second's after one shift (the kernels read only each byte's low nibble).
+    for (int s = 0; s < S; s += 4, m += QUAD24, v += 2) {
       const __m512i quad = quad24(m);
-      _mm_prefetch(reinterpret_cast<const char*>(m + PF_META), _MM_HINT_T0);
-      _mm_prefetch(reinterpret_cast<const char*>(v + PF_VALS), _MM_HINT_T0);
-      _mm_prefetch(reinterpret_cast<const char*>(v + PF_VALS + 64), _MM_HINT_T0);
+      _mm_prefetch(reinterpret_cast<const char*>(m) + PF_META, _MM_HINT_T0);
+      _mm_prefetch(reinterpret_cast<const char*>(v) + PF_VALS, _MM_HINT_T0);
+      _mm_prefetch(reinterpret_cast<const char*>(v) + PF_VALS + 64, _MM_HINT_T0);
+      const __m512i c01 = _mm512_loadu_si512(v), c23 = _mm512_loadu_si512(v + 1);
       const int k = k0 + s * 8;
-      fn(integral_constant<int, 0>{}, k, codes24(v), quad, integral_constant<int, 0>{});
-      fn(integral_constant<int, 1>{}, k + 8, codes24(v + 32), quad, integral_constant<int, 1>{});
-      fn(integral_constant<int, 0>{}, k + 16, codes24(v + 64), quad, integral_constant<int, 2>{});
-      fn(integral_constant<int, 1>{}, k + 24, codes24(v + 96), quad, integral_constant<int, 3>{});
+      fn(integral_constant<int, 0>{}, k, c01, quad, integral_constant<int, 0>{});
+      fn(integral_constant<int, 1>{}, k + 8, _mm512_srli_epi16(c01, 4), quad, integral_constant<int, 1>{});
+      fn(integral_constant<int, 0>{}, k + 16, c23, quad, integral_constant<int, 2>{});
+      fn(integral_constant<int, 1>{}, k + 24, _mm512_srli_epi16(c23, 4), quad, integral_constant<int, 3>{});
     }
     return;
   }
-  __m512i quad = quad24(mb + size_t(t0 / 4) * QUAD24);
   auto step = [&](int s, auto parity) __attribute__((always_inline)) {
     const int t = t0 + s;
-    if ((t & 3) == 0) {
-      if (s) quad = quad24(mb + size_t(t / 4) * QUAD24);
-      _mm_prefetch(reinterpret_cast<const char*>(mb + size_t(t / 4) * QUAD24 + PF_META), _MM_HINT_T0);
-    }
-    fn(parity, k0 + s * 8, codes24(v + size_t(s) * 32), quad, t & 3);
+    if (s == 0 || (t & 3) == 0) _mm_prefetch(reinterpret_cast<const char*>(quad24_at(L, b, t)) + PF_META, _MM_HINT_T0);
+    const __m512i c = _mm512_loadu_si512(vals24(L, b, t));
+    fn(parity, k0 + s * 8, (t & 1) ? _mm512_srli_epi16(c, 4) : c, quad24(quad24_at(L, b, t)), t & 3);
   };
   int s = 0;
   for (; s + 1 < S; s += 2) {
-    _mm_prefetch(reinterpret_cast<const char*>(v + size_t(s) * 32 + PF_VALS), _MM_HINT_T0);
+    _mm_prefetch(reinterpret_cast<const char*>(vals24(L, b, t0 + s)) + PF_VALS, _MM_HINT_T0);
     step(s, integral_constant<int, 0>{});
     step(s + 1, integral_constant<int, 1>{});
   }

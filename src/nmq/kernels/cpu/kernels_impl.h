@@ -125,6 +125,21 @@ static inline size_t meta24_stride(const FastLayout& L) {
   return size_t((L.groups * L.steps + 3) / 4) * QUAD24;
 }
 
+// Bytes of one row block's 2:4 values: 64 for every two pair-steps of all its groups.
+static inline size_t vals24_stride(const FastLayout& L) {
+  return size_t((L.groups * L.steps + 1) / 2) * 64;
+}
+
+// Row block b's pair-step t (counted over all its groups): the 64 value bytes
+// holding it (in the low nibbles for even t, else the high ones) and its
+// metadata quad (at step t % 4 in it).
+static inline const uint8_t* vals24(const FastLayout& L, int b, int t) {
+  return L.vals + size_t(b) * vals24_stride(L) + size_t(t / 2) * 64;
+}
+static inline const uint8_t* quad24_at(const FastLayout& L, int b, int t) {
+  return L.meta + size_t(b) * meta24_stride(L) + size_t(t / 4) * QUAD24;
+}
+
 // Row r's 6-bit metadata field of step e of a quad.
 static inline int field24(const uint8_t* quad, int r, int e) {
   uint64_t w = 0;
@@ -132,16 +147,13 @@ static inline int field24(const uint8_t* quad, int r, int e) {
   return int((w >> (12 * e + 6 * (r & 1))) & 63);
 }
 
-// One 2:4 pair-step: the codes of row r's slots (code[4r + slot]) and the K
+// One 2:4 pair-step (v, half: its value bytes and nibble; quad, e: its
+// metadata): the codes of row r's slots (code[4r + slot]) and the K
 // positions (0..7) they meet.
-static inline void decode24(const uint8_t* v, const uint8_t* quad, int e, uint8_t* code, uint8_t* pos) {
+static inline void decode24(const uint8_t* v, int half, const uint8_t* quad, int e, uint8_t* code, uint8_t* pos) {
   for (int r = 0; r < ROWS; ++r) {
-    const int u = (r & 7) >> 1, h = 2 * (r >> 3) + (r & 1);
     const int f = field24(quad, r, e), ra = f & 7, rb = f >> 3;
-    for (int slot = 0; slot < 4; ++slot) {
-      const int n = 4 * h + slot;
-      code[4 * r + slot] = (v[8 * u + n / 2] >> (4 * (n & 1))) & 15;
-    }
+    for (int slot = 0; slot < 4; ++slot) code[4 * r + slot] = (v[4 * r + slot] >> (4 * half)) & 15;
     pos[4 * r + 0] = PAIR24[ra][0];
     pos[4 * r + 2] = PAIR24[ra][1];
     pos[4 * r + 1] = uint8_t(4 + PAIR24[rb][0]);
@@ -152,14 +164,15 @@ static inline void decode24(const uint8_t* v, const uint8_t* quad, int e, uint8_
 // One pair-step as 128 byte positions (A then B, each [16 rows][4 K]); the
 // positions a weight does not keep hold the row's zero code, like the
 // merge-masked expand of the AVX-512 kernel.
-// For 2:4, m is the pair-step's metadata quad and e its step in it.
+// For 2:4, v and half are as decode24's, m is the pair-step's metadata quad
+// and e its step in it.
 static inline void decode_pair(int kind, const uint8_t* v, const uint8_t* m, const uint8_t* z, uint8_t* w,
-                               int e = 0) {
+                               int e = 0, int half = 0) {
   switch (kind) {
     case KIND_24: {
       for (int p = 0; p < 128; ++p) w[p] = z[(p & 63) >> 2];
       uint8_t code[64], pos[64];
-      decode24(v, m, e, code, pos);
+      decode24(v, half, m, e, code, pos);
       for (int i = 0; i < 64; ++i) w[(pos[i] >> 2) * 64 + (i & ~3) + (pos[i] & 3)] = code[i];
       break;
     }
@@ -208,9 +221,8 @@ static void decode_block_group(const FastLayout& L, size_t blk, const uint8_t* z
   uint8_t w[128];
   for (int s = 0; s < L.steps; ++s) {
     if (L.kind == KIND_24) {
-      const size_t t = (blk % L.groups) * L.steps + s;
-      decode_pair(L.kind, v + size_t(s) * L.vbytes, L.meta + (blk / L.groups) * meta24_stride(L) + (t / 4) * QUAD24,
-                  z, w, int(t % 4));
+      const int b = int(blk / L.groups), t = int(blk % L.groups) * L.steps + s;
+      decode_pair(L.kind, vals24(L, b, t), quad24_at(L, b, t), z, w, t % 4, t & 1);
     } else {
       decode_pair(L.kind, v + size_t(s) * L.vbytes, m + size_t(s) * L.mbytes, z, w);
     }

@@ -389,7 +389,8 @@ struct FastWeight {
     const size_t per = size_t(L.blocks) * L.groups * L.steps;
     const size_t meta_bytes = L.kind == KIND_24 ? size_t(L.blocks) * ((L.groups * L.steps + 3) / 4) * QUAD24 + 16
                                                 : per * L.mbytes;
-    if (vals.size() != per * L.vbytes || meta.size() != meta_bytes ||
+    const size_t val_bytes = L.kind == KIND_24 ? size_t(L.blocks) * ((L.groups * L.steps + 1) / 2) * 64 : per * L.vbytes;
+    if (vals.size() != val_bytes || meta.size() != meta_bytes ||
         scales.size() != size_t(L.blocks) * L.groups * ROWS ||
         (!L.symmetric && zeros.size() != size_t(L.blocks) * L.groups * 8) || L.group * L.groups != L.kk ||
         L.steps * PAIR_K != L.group || L.blocks * ROWS < L.out || k > L.kk)
