@@ -98,21 +98,22 @@ static void add_rms_norm(void* h, const void* add, const void* w, void* out, int
 // for an fp32 query buffer: the values are still rounded to T). cos/sin
 // null: a plain copy.
 template <typename T, typename D>
-static void rotate_t(const T* src, const T* cos, const T* sin, D* dst, int64_t stride, int heads, int dim) {
+static void rotate_t(const T* __restrict__ src, const T* __restrict__ cos, const T* __restrict__ sin,
+                     D* __restrict__ dst, int64_t stride, int heads, int dim) {
   const int half = dim / 2;
   for (int j = 0; j < heads; ++j) {
-    const T* x = src + size_t(j) * dim;
-    D* o = dst + j * stride;
+    const T* __restrict__ x = src + size_t(j) * dim;
+    D* __restrict__ o = dst + j * stride;
     if (!cos) {
       for (int i = 0; i < dim; ++i) narrow(&o[i], widen(x[i]));
       continue;
     }
-    for (int i = 0; i < half; ++i) {
-      const float a = widen(x[i]), b = widen(x[i + half]);
-      narrow(&o[i], round_to<T>(round_to<T>(a * widen(cos[i])) + round_to<T>(-b * widen(sin[i]))));
-      narrow(&o[i + half],
-             round_to<T>(round_to<T>(b * widen(cos[i + half])) + round_to<T>(a * widen(sin[i + half]))));
-    }
+    for (int i = 0; i < half; ++i)
+      narrow(&o[i], round_to<T>(round_to<T>(widen(x[i]) * widen(cos[i])) +
+                                round_to<T>(-widen(x[i + half]) * widen(sin[i]))));
+    for (int i = half; i < dim; ++i)
+      narrow(&o[i], round_to<T>(round_to<T>(widen(x[i]) * widen(cos[i])) +
+                                round_to<T>(widen(x[i - half]) * widen(sin[i]))));
   }
 }
 

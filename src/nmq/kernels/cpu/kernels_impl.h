@@ -386,10 +386,8 @@ static void attend_heads(const Attn& a, int h0, int h1) {
       top = std::max(top, s[j]);
     }
     float total = 0.f;
-    for (int j = 0; j < a.length; ++j) {
-      s[j] = std::exp(s[j] - top);
-      total += s[j];
-    }
+    for (int j = 0; j < a.length; ++j) s[j] = exp_approx(s[j] - top);
+    for (int j = 0; j < a.length; ++j) total += s[j];
     o.assign(size_t(a.dim), 0.f);
     for (int j = 0; j < a.length; ++j) {
       const T* vr = v + size_t(j) * a.dim;
