@@ -57,8 +57,8 @@ def _ops(dtype, *, hidden=256, heads=8, kv_heads=2, head_dim=32, inter=384, laye
 @pytest.mark.parametrize("dtype", DTYPES)
 def test_norm_adds_the_residual_and_normalizes_like_llama(level, rng, dtype):
     ops = _ops(dtype)
-    h0 = (torch.randn(1, 1, 256, generator=rng) * 3).to(dtype)
-    add = torch.randn(1, 1, 256, generator=rng).to(dtype)
+    h0 = (torch.randn(1, 256, generator=rng) * 3).to(dtype)
+    add = torch.randn(1, 256, generator=rng).to(dtype)
     w = (torch.rand(256, generator=rng) + 0.5).to(dtype)
     ops.h.copy_(h0)
     out = ops.norm(add, w, 1e-5)
@@ -97,7 +97,7 @@ def test_attend_step_rotates_stores_and_attends(level, rng, dtype):
         assert torch.equal(ops.v_cache[1, :, p], v.reshape(kv, d))
         qr = rope(q.reshape(heads, 1, d), p).double()
         want = F.scaled_dot_product_attention(qr, ops.k_cache[1, :, : p + 1].double(), ops.v_cache[1, :, : p + 1].double(),
-                                              scale=d**-0.5, enable_gqa=True).reshape(1, 1, heads * d)
+                                              scale=d**-0.5, enable_gqa=True).reshape(1, heads * d)
         _close(o, want.to(dtype), dtype, frac=0.05)
     assert not ops.k_cache[0].any()  # the other layer's cache is untouched
 
@@ -110,9 +110,9 @@ def test_levels_agree_bit_for_bit(rng):
         for level in cpu.isa_levels():
             cpu.set_isa(level)
             ops = _ops(torch.bfloat16, inter=1000)
-            ops.h.copy_(torch.randn(1, 1, 256, generator=torch.Generator().manual_seed(0)).to(torch.bfloat16))
+            ops.h.copy_(torch.randn(1, 256, generator=torch.Generator().manual_seed(0)).to(torch.bfloat16))
             n = ops.norm(None, torch.ones(256, dtype=torch.bfloat16), 1e-6).clone()
-            q = torch.randn(1, 1, 256, generator=torch.Generator().manual_seed(1)).to(torch.bfloat16)
+            q = torch.randn(1, 256, generator=torch.Generator().manual_seed(1)).to(torch.bfloat16)
             kv = torch.randn(1, 1, 64, generator=torch.Generator().manual_seed(2)).to(torch.bfloat16)
             o = ops.attend(0, 0, q, kv, kv).clone()
             results.append((n, ops.silu_mul(g, u).clone(), o))
@@ -181,3 +181,19 @@ def test_decode_attention_refuses_bad_input(rng):
         cpu_decode.decode_attention(q, k.half(), k.half(), 1.0)
     with pytest.raises(BackendError, match="contiguous"):
         cpu_decode.decode_attention(q, k.transpose(1, 2).contiguous().transpose(1, 2), k, 1.0)
+
+
+@pytest.mark.parametrize("dtype", DTYPES)
+def test_stacked_projections_are_taken_whole(rng, dtype):
+    """attend(q|k|v) and silu_mul(gate|up) as one tensor each: the same as the parts."""
+    a, b = _ops(dtype), _ops(dtype)
+    qkv = torch.randn(1, 256 + 2 * 64, generator=rng).to(dtype)
+    gu = torch.randn(1, 2 * 384, generator=rng).to(dtype)
+    for p in range(3):
+        whole = a.attend(0, p, qkv).clone()
+        parts = b.attend(0, p, qkv[:, :256], qkv[:, 256:320], qkv[:, 320:]).clone()
+        assert torch.equal(whole, parts)
+    assert torch.equal(a.k_cache, b.k_cache) and torch.equal(a.v_cache, b.v_cache)
+    assert torch.equal(a.silu_mul(gu), b.silu_mul(gu[:, :384], gu[:, 384:]))
+    with pytest.raises(BackendError, match="expected 384 values"):
+        a.attend(0, 0, qkv[:, :-1])

@@ -29,7 +29,7 @@ import torch.nn.functional as F
 
 from .backends.cpu import CpuBackend
 from .backends.cpu_decode import DTYPES, DecodeOps
-from .linear import FusedLinear, fuse_linears
+from .linear import FusedLinear, NMQLinear, fuse_linears
 
 # module -> (projection names, FusedLinear or None): stacked once per model, not per generation.
 _FUSED: WeakKeyDictionary = WeakKeyDictionary()
@@ -99,17 +99,28 @@ class LlamaDecoder:
                          intermediate=config.intermediate_size, dtype=self.dtype, k_cache=self.k[:, 0],
                          v_cache=self.v[:, 0], cos=self.cos, sin=self.sin, scale=self.scaling)
 
+    def _call(self, module):
+        """``module``'s per-forward call on ``[1, features]`` inputs, without ``Module.__call__`` and reshapes."""
+        if isinstance(module, NMQLinear):
+            return module.bound_call(self.device.type) or module.forward
+        return module.forward
+
     def _decode_plan(self) -> list[tuple]:
         """Per layer, what a decode step calls, looked up once (module attribute lookups and ``Module.__call__``
-        cost microseconds each, and a step makes a dozen calls a layer)."""
+        cost microseconds each, and a step makes a dozen calls a layer). A stacked q/k/v or gate/up call returns
+        one tensor that the step ops take whole; otherwise a tuple of the projections."""
         plan = []
         for i, layer in enumerate(self.layers):
             attn, mlp = layer.self_attn, layer.mlp
             n1, n2 = layer.input_layernorm, layer.post_attention_layernorm
-            qkv = self.qkv[i] or (lambda a, at=attn: (at.q_proj(a), at.k_proj(a), at.v_proj(a)))
-            gate_up = self.gate_up[i] or (lambda a, m=mlp: (m.gate_proj(a), m.up_proj(a)))
-            plan.append((n1.weight, n1.variance_epsilon, qkv, attn.o_proj.forward, n2.weight, n2.variance_epsilon,
-                         gate_up, mlp.down_proj.forward))
+            qkv, gate_up = self.qkv[i], self.gate_up[i]
+            qkv = qkv.run if qkv is not None and qkv.current() else (
+                lambda a, c=[self._call(getattr(attn, n)) for n in ("q_proj", "k_proj", "v_proj")]: (
+                    c[0](a), c[1](a), c[2](a)))
+            gate_up = gate_up.run if gate_up is not None and gate_up.current() else (
+                lambda a, c=[self._call(mlp.gate_proj), self._call(mlp.up_proj)]: (c[0](a), c[1](a)))
+            plan.append((n1.weight, n1.variance_epsilon, qkv, self._call(attn.o_proj), n2.weight, n2.variance_epsilon,
+                         gate_up, self._call(mlp.down_proj)))
         return plan
 
     def _decode_one(self, ids: torch.Tensor) -> torch.Tensor:
@@ -118,13 +129,13 @@ class LlamaDecoder:
         if self._plan is None:
             self._plan = self._decode_plan()
         inner = self.model.model
-        ops.h.copy_(inner.embed_tokens(ids))
+        ops.h.copy_(inner.embed_tokens(ids).view(1, -1))
         add = None
         for i, (w1, eps1, qkv, o_proj, w2, eps2, gate_up, down) in enumerate(self._plan):
-            q, k, v = qkv(ops.norm(add, w1, eps1))
-            add = o_proj(ops.attend(i, pos, q, k, v))
-            g, u = gate_up(ops.norm(add, w2, eps2))
-            add = down(ops.silu_mul(g, u))
+            y = qkv(ops.norm(add, w1, eps1))
+            add = o_proj(ops.attend(i, pos, *y) if isinstance(y, tuple) else ops.attend(i, pos, y))
+            y = gate_up(ops.norm(add, w2, eps2))
+            add = down(ops.silu_mul(*y) if isinstance(y, tuple) else ops.silu_mul(y))
         last = ops.norm(add, inner.norm.weight, inner.norm.variance_epsilon)
         self.length = pos + 1
         return self.model.lm_head(last).reshape(-1).float()

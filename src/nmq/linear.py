@@ -76,15 +76,23 @@ class NMQLinear(torch.nn.Module):
             packed = self._packed[backend.name] = backend.prepack(self.nmq_weight)
         return packed
 
+    def _route_for(self, device: str, tokens: int) -> tuple[Any, Any, Any]:
+        route = self._route.get(device)
+        if route is None:
+            backend = get_backend(self.backend, device, tokens)
+            packed = self._packed_for(backend)
+            route = self._route[device] = (backend, packed, backend.bind(packed, self.path))
+        return route
+
+    def bound_call(self, device: str = "cpu"):
+        """What :meth:`forward` runs on ``device`` for inputs ``[tokens, in_features]`` without a bias: a call
+        ``x -> y`` in ``x``'s dtype, for callers that run it many times (a decoder's step); None with a bias."""
+        return None if self.bias is not None else self._route_for(device, 1)[2]
+
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         lead = x.shape[:-1]
         x2 = x.reshape(-1, x.shape[-1])
-        device = x.device.type
-        route = self._route.get(device)
-        if route is None:
-            backend = get_backend(self.backend, device, x2.shape[0])
-            packed = self._packed_for(backend)
-            route = self._route[device] = (backend, packed, backend.bind(packed, self.path))
+        route = self._route_for(x.device.type, x2.shape[0])
         if self.bias is None:
             return route[2](x2).view(*lead, self.out_features)
         y = route[0].matmul(x2, route[1], self.path) + self.bias.float()
@@ -112,6 +120,10 @@ class FusedLinear:
         self.run = backend.bind(packed, path)
         self.backend_name = layers[0].backend
         self.splits = [layer.out_features for layer in layers]
+
+    def current(self) -> bool:
+        """Whether the layers still run as stacked (same backend and path as when fused)."""
+        return all(layer.backend == self.backend_name and layer.path == self.path for layer in self.layers)
 
     def __call__(self, x: torch.Tensor) -> tuple[torch.Tensor, ...]:
         if any(layer.backend != self.backend_name or layer.path != self.path for layer in self.layers):

@@ -65,7 +65,7 @@ def decode_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, scale: f
 
 class DecodeOps:
     """The step operations for one model, over its KV cache ``[layers, kv_heads, max_len, dim]`` (k and v),
-    rotary tables ``cos``/``sin [max_len, dim]`` and the residual stream it owns (:attr:`h`, ``[1, 1, hidden]``).
+    rotary tables ``cos``/``sin [max_len, dim]`` and the residual stream it owns (:attr:`h`, ``[1, hidden]``).
 
     Outputs go to buffers reused from call to call: each is read by the next linear layer before the next
     call of the same operation overwrites it.
@@ -92,10 +92,11 @@ class DecodeOps:
         self.heads, self.kv_heads, self.head_dim, self.max_len = heads, kv_heads, head_dim, max_len
         self.scale = float(scale)
         self.k_cache, self.v_cache, self.cos, self.sin = k_cache, v_cache, cos, sin
-        self.h = torch.zeros(1, 1, hidden, dtype=dtype)
-        self._a = torch.empty(1, 1, hidden, dtype=dtype)
-        self._o = torch.empty(1, 1, heads * head_dim, dtype=dtype)
-        self._m = torch.empty(1, 1, intermediate, dtype=dtype)
+        # [1, features]: what a linear layer's per-forward call (Backend.bind) takes as it is.
+        self.h = torch.zeros(1, hidden, dtype=dtype)
+        self._a = torch.empty(1, hidden, dtype=dtype)
+        self._o = torch.empty(1, heads * head_dim, dtype=dtype)
+        self._m = torch.empty(1, intermediate, dtype=dtype)
         layer_elems = kv_heads * max_len * head_dim
         size = 2 if self.bf16 else 4
         self._kc = [k_cache.data_ptr() + i * layer_elems * size for i in range(layers)]
@@ -118,21 +119,36 @@ class DecodeOps:
                           self._a.data_ptr(), n, float(eps), self.bf16)
         return self._a
 
-    def attend(self, layer: int, pos: int, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor) -> torch.Tensor:
+    def attend(self, layer: int, pos: int, q: torch.Tensor, k: torch.Tensor | None = None,
+               v: torch.Tensor | None = None) -> torch.Tensor:
         """Rotate ``q``, ``k`` for position ``pos``, store ``k``, ``v`` in ``layer``'s cache there, attend over
-        positions ``0..pos``; the heads' outputs ``[1, 1, heads * dim]``."""
+        positions ``0..pos``; the heads' outputs ``[1, heads * dim]``. ``k`` and ``v`` None: ``q`` holds q, k
+        and v one after another (a stacked q/k/v projection's output)."""
         if not 0 <= pos < self.max_len:
             raise BackendError(f"position {pos} is outside the KV cache of {self.max_len}")
         d, kv = self.head_dim, self.kv_heads * self.head_dim
-        q, k, v = self._arg(q, self.heads * d), self._arg(k, kv), self._arg(v, kv)
-        _ext.attend_step(q.data_ptr(), k.data_ptr(), v.data_ptr(), self.cos.data_ptr(),
-                         self.sin.data_ptr(), self._kc[layer], self._vc[layer], self._o.data_ptr(),
-                         [self.heads, self.kv_heads, d, pos, self.max_len * d, int(self.bf16)], self.scale)
+        size = 2 if self.bf16 else 4
+        if k is None:
+            q = self._arg(q, self.heads * d + 2 * kv)
+            qp = q.data_ptr()
+            kp, vp = qp + self.heads * d * size, qp + (self.heads * d + kv) * size
+        else:
+            q, k, v = self._arg(q, self.heads * d), self._arg(k, kv), self._arg(v, kv)
+            qp, kp, vp = q.data_ptr(), k.data_ptr(), v.data_ptr()
+        _ext.attend_step(qp, kp, vp, self.cos.data_ptr(), self.sin.data_ptr(), self._kc[layer], self._vc[layer],
+                         self._o.data_ptr(), [self.heads, self.kv_heads, d, pos, self.max_len * d, int(self.bf16)],
+                         self.scale)
         return self._o
 
-    def silu_mul(self, g: torch.Tensor, u: torch.Tensor) -> torch.Tensor:
-        """``silu(g) * u``."""
+    def silu_mul(self, g: torch.Tensor, u: torch.Tensor | None = None) -> torch.Tensor:
+        """``silu(g) * u``; ``u`` None: ``g`` holds gate and up one after the other."""
         n = self.intermediate
-        g, u = self._arg(g, n), self._arg(u, n)
-        _ext.silu_mul(g.data_ptr(), u.data_ptr(), self._m.data_ptr(), n, self.bf16)
+        if u is None:
+            g = self._arg(g, 2 * n)
+            gp = g.data_ptr()
+            up = gp + n * (2 if self.bf16 else 4)
+        else:
+            g, u = self._arg(g, n), self._arg(u, n)
+            gp, up = g.data_ptr(), u.data_ptr()
+        _ext.silu_mul(gp, up, self._m.data_ptr(), n, self.bf16)
         return self._m
