@@ -9,8 +9,13 @@ preallocated KV cache and only the ops the arithmetic needs: one fused
 RMSNorm, the linear layers, rotary embeddings, one
 ``scaled_dot_product_attention`` and the SiLU gate per layer. Compressed
 q/k/v and gate/up projections run as one call each where their backend can
-stack them (:func:`nmq.linear.fuse_linears`). Models it does not cover run on
-their own ``generate`` (:func:`nmq.generate.generate_ids` chooses).
+stack them (:func:`nmq.linear.fuse_linears`). On the CPU, with the extension
+built, a decode step of an fp32 or bf16 model runs those other ops as four C++
+calls a layer instead (:class:`nmq.backends.cpu_decode.DecodeOps`: the same
+roundings, attention on the kernels' threads) and each layer's calls are bound
+once per generation; prefill and other devices use the PyTorch ops. Models it
+does not cover run on their own ``generate`` (:func:`nmq.generate.generate_ids`
+chooses).
 
 >>> import torch, nmq
 >>> model = nmq.builtin_model()
