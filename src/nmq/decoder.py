@@ -118,15 +118,18 @@ class LlamaDecoder:
         for i, layer in enumerate(self.layers):
             attn, mlp = layer.self_attn, layer.mlp
             n1, n2 = layer.input_layernorm, layer.post_attention_layernorm
-            qkv, gate_up = self.qkv[i], self.gate_up[i]
-            qkv = qkv.run if qkv is not None and qkv.current() else (
-                lambda a, c=[self._call(getattr(attn, n)) for n in ("q_proj", "k_proj", "v_proj")]: (
-                    c[0](a), c[1](a), c[2](a)))
-            gate_up = gate_up.run if gate_up is not None and gate_up.current() else (
-                lambda a, c=[self._call(mlp.gate_proj), self._call(mlp.up_proj)]: (c[0](a), c[1](a)))
+            qkv = self._stacked(self.qkv[i], [attn.q_proj, attn.k_proj, attn.v_proj])
+            gate_up = self._stacked(self.gate_up[i], [mlp.gate_proj, mlp.up_proj])
             plan.append((n1.weight, n1.variance_epsilon, qkv, self._call(attn.o_proj), n2.weight, n2.variance_epsilon,
                          gate_up, self._call(mlp.down_proj)))
         return plan
+
+    def _stacked(self, fused: FusedLinear | None, modules: list):
+        """The stacked call (one tensor out) while ``fused`` still holds, else the projections' calls (a tuple)."""
+        if fused is not None and fused.current():
+            return fused.run
+        calls = [self._call(m) for m in modules]
+        return lambda a: tuple(c(a) for c in calls)
 
     def _decode_one(self, ids: torch.Tensor) -> torch.Tensor:
         """One position through the C++ step operations; the same arithmetic as :meth:`step`."""

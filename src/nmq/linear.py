@@ -126,7 +126,7 @@ class FusedLinear:
         return all(layer.backend == self.backend_name and layer.path == self.path for layer in self.layers)
 
     def __call__(self, x: torch.Tensor) -> tuple[torch.Tensor, ...]:
-        if any(layer.backend != self.backend_name or layer.path != self.path for layer in self.layers):
+        if not self.current():
             return tuple(layer(x) for layer in self.layers)
         lead = x.shape[:-1]
         return self.run(x.reshape(-1, x.shape[-1])).view(*lead, -1).split(self.splits, dim=-1)

@@ -192,13 +192,10 @@ class CpuBackend(Backend):
         """A call ``x [tokens, in] -> y`` in ``x``'s dtype for this weight and path. Checked once here; per
         call only what can change (the input), and bf16 outputs are rounded in the extension, so a batch-1
         call costs a few microseconds of Python."""
-        _require()
-        check_path(path)
-        if not isinstance(packed, CpuPacked):
-            raise BackendError(f"the cpu backend got a {type(packed).__name__}; pass what CpuBackend.prepack returned")
-        w4a8 = path == "w4a8"
-        if w4a8 and packed.group * packed.max_abs_weight * 127 > INT32_MAX:
-            return super().bind(packed, path)  # matmul names the overflow at the first call
+        try:
+            w4a8 = _check_call(packed, path)
+        except BackendError:
+            return super().bind(packed, path)  # matmul raises the same error at the call
         handle, k, out = packed.handle, packed.in_features, packed.out_features
 
         def run(x: torch.Tensor) -> torch.Tensor:
@@ -488,18 +485,24 @@ def _check_x(x: torch.Tensor, packed: CpuPacked) -> torch.Tensor:
     return x
 
 
-def _run(x: torch.Tensor, packed: CpuPacked, path: str, partials: bool) -> tuple[torch.Tensor, torch.Tensor | None]:
+def _check_call(packed: CpuPacked, path: str) -> bool:
+    """What a call on ``packed`` needs besides its input; whether it runs W4A8."""
     _require()
     check_path(path)
     if not isinstance(packed, CpuPacked):
         raise BackendError(f"the cpu backend got a {type(packed).__name__}; pass what CpuBackend.prepack returned")
-    x = _check_x(x, packed)
-    _apply_env()
     w4a8 = path == "w4a8"
     if w4a8 and packed.group * packed.max_abs_weight * 127 > INT32_MAX:
         raise BackendError(
             f"a W4A8 partial sum of weight {list(packed.shape)} could overflow int32 (group of {packed.group}); "
             "use a smaller group size")
+    return w4a8
+
+
+def _run(x: torch.Tensor, packed: CpuPacked, path: str, partials: bool) -> tuple[torch.Tensor, torch.Tensor | None]:
+    w4a8 = _check_call(packed, path)
+    x = _check_x(x, packed)
+    _apply_env()
     bf16 = x.dtype == torch.bfloat16
     xa = x.contiguous() if bf16 else x.to(torch.float32).contiguous()
     tokens = x.shape[0]

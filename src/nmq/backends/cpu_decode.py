@@ -88,6 +88,7 @@ class DecodeOps:
                 or sin.shape != cos.shape:
             raise BackendError("KV cache and rotary tables do not match the model's heads")
         self.dtype, self.bf16 = dtype, dtype == torch.bfloat16
+        self._size = 2 if self.bf16 else 4  # bytes a value
         self.hidden, self.intermediate = hidden, intermediate
         self.heads, self.kv_heads, self.head_dim, self.max_len = heads, kv_heads, head_dim, max_len
         self.scale = float(scale)
@@ -97,10 +98,9 @@ class DecodeOps:
         self._a = torch.empty(1, hidden, dtype=dtype)
         self._o = torch.empty(1, heads * head_dim, dtype=dtype)
         self._m = torch.empty(1, intermediate, dtype=dtype)
-        layer_elems = kv_heads * max_len * head_dim
-        size = 2 if self.bf16 else 4
-        self._kc = [k_cache.data_ptr() + i * layer_elems * size for i in range(layers)]
-        self._vc = [v_cache.data_ptr() + i * layer_elems * size for i in range(layers)]
+        layer_bytes = kv_heads * max_len * head_dim * self._size
+        self._kc = [k_cache.data_ptr() + i * layer_bytes for i in range(layers)]
+        self._vc = [v_cache.data_ptr() + i * layer_bytes for i in range(layers)]
 
     def _arg(self, t: torch.Tensor, n: int) -> torch.Tensor:
         # Linear layers return contiguous outputs of the model's dtype; anything else is made so here.
@@ -127,11 +127,10 @@ class DecodeOps:
         if not 0 <= pos < self.max_len:
             raise BackendError(f"position {pos} is outside the KV cache of {self.max_len}")
         d, kv = self.head_dim, self.kv_heads * self.head_dim
-        size = 2 if self.bf16 else 4
         if k is None:
             q = self._arg(q, self.heads * d + 2 * kv)
             qp = q.data_ptr()
-            kp, vp = qp + self.heads * d * size, qp + (self.heads * d + kv) * size
+            kp, vp = qp + self.heads * d * self._size, qp + (self.heads * d + kv) * self._size
         else:
             q, k, v = self._arg(q, self.heads * d), self._arg(k, kv), self._arg(v, kv)
             qp, kp, vp = q.data_ptr(), k.data_ptr(), v.data_ptr()
@@ -146,7 +145,7 @@ class DecodeOps:
         if u is None:
             g = self._arg(g, 2 * n)
             gp = g.data_ptr()
-            up = gp + n * (2 if self.bf16 else 4)
+            up = gp + n * self._size
         else:
             g, u = self._arg(g, n), self._arg(u, n)
             gp, up = g.data_ptr(), u.data_ptr()

@@ -26,6 +26,10 @@ static inline uint16_t to_bf16(float f) {
   return uint16_t(((bits & 0x7FFFFFFFu) > 0x7F800000u ? bits | 0x400000u : rounded) >> 16);  // NaN stays NaN
 }
 
+static void to_bf16_n(const float* src, uint16_t* dst, size_t n) {
+  for (size_t i = 0; i < n; ++i) dst[i] = to_bf16(src[i]);
+}
+
 static inline void narrow(float* p, float v) { *p = v; }
 static inline void narrow(uint16_t* p, float v) { *p = to_bf16(v); }
 

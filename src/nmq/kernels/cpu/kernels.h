@@ -50,11 +50,21 @@ struct FastLayout {
   int vbytes = 0;
   int mbytes = 0;
   bool symmetric = true;
-  const uint8_t* vals = nullptr;     // [blocks][groups][steps][vbytes]
-  const uint8_t* meta = nullptr;     // [blocks][groups][steps][mbytes]
+  const uint8_t* vals = nullptr;     // [blocks][groups][steps][vbytes]; 2:4: [blocks][vals24_stride]
+  const uint8_t* meta = nullptr;     // [blocks][groups][steps][mbytes]; 2:4: [blocks][meta24_stride] + 16
   const uint16_t* scales = nullptr;  // fp16 [blocks][groups][16]
   const uint8_t* zeros = nullptr;    // [blocks][groups][8]: byte i = z[i] | z[i + 8] << 4
 };
+
+// Bytes of one row block's 2:4 metadata.
+static inline size_t meta24_stride(const FastLayout& L) {
+  return size_t((L.groups * L.steps + 3) / 4) * QUAD24;
+}
+
+// Bytes of one row block's 2:4 values: 64 for every two pair-steps of all its groups.
+static inline size_t vals24_stride(const FastLayout& L) {
+  return size_t((L.groups * L.steps + 1) / 2) * 64;
+}
 
 // The canonical NMQTensor bytes, decoded row by row (any N:M, any width).
 struct GenericLayout {
@@ -145,6 +155,8 @@ struct Ops {
   void (*rotate_heads)(const void* src, const void* cos, const void* sin, void* dst, int64_t stride, bool to_f32,
                        int heads, int dim, bool bf16);
   void (*silu_mul)(const void* g, const void* u, void* out, int n, bool bf16);
+  // fp32 -> bf16 bits, rounded to nearest even as PyTorch's conversion.
+  void (*to_bf16)(const float* src, uint16_t* dst, size_t n);
 };
 
 const Ops* ops_portable();

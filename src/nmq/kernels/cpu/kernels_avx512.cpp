@@ -721,7 +721,7 @@ const Ops* ops_avx512() {
   static const Ops ops = {"avx512", avx512::quantize16, avx512::group_sums, avx512::fast_w4a8_simd,
                           avx512::fast_w4a16_simd, avx512::fast_w4a16_bf16, avx512::generic_w4a8,
                           avx512::generic_w4a16, avx512::pair_table24, avx512::attend,
-                          avx512::add_rms_norm, avx512::rotate_heads, avx512::silu_mul};
+                          avx512::add_rms_norm, avx512::rotate_heads, avx512::silu_mul, avx512::to_bf16_n};
   return &ops;
 }
 }  // namespace nmq

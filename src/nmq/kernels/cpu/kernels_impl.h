@@ -120,16 +120,6 @@ static inline void block_zeros(const FastLayout& L, size_t blk, uint8_t* z) {
   }
 }
 
-// Bytes of one row block's 2:4 metadata.
-static inline size_t meta24_stride(const FastLayout& L) {
-  return size_t((L.groups * L.steps + 3) / 4) * QUAD24;
-}
-
-// Bytes of one row block's 2:4 values: 64 for every two pair-steps of all its groups.
-static inline size_t vals24_stride(const FastLayout& L) {
-  return size_t((L.groups * L.steps + 1) / 2) * 64;
-}
-
 // Row block b's pair-step t (counted over all its groups): the 64 value bytes
 // holding it (in the low nibbles for even t, else the high ones) and its
 // metadata quad (at step t % 4 in it).
@@ -366,7 +356,8 @@ static void generic_w4a16(const GenericLayout& L, const ActF& a, int r0, int r1,
 // the loops; fp32 throughout, whatever the cache holds.
 template <typename T>
 static void attend_heads(const Attn& a, int h0, int h1) {
-  std::vector<float> s(size_t(std::max(a.length, 1))), o;
+  thread_local std::vector<float> s, o;  // scratch, reused call after call
+  s.resize(size_t(std::max(a.length, 1)));
   const int group = a.heads / a.kv_heads;
   for (int h = h0; h < h1; ++h) {
     const float* q = a.q + size_t(h) * a.dim;

@@ -123,9 +123,10 @@ inline void cpu_relax() {
 
 // Workers spin for NMQ_SPIN_US microseconds (default 2000) after each job
 // (back-to-back layers then start without a futex wake-up) and sleep
-// otherwise, so idle nmq threads do not compete with PyTorch's own pool. Work is handed out in chunks from a shared counter: on a
-// machine shared with other processes a descheduled worker delays nothing but
-// the chunk it holds, and one that wakes late finds no work and leaves.
+// otherwise, so idle nmq threads do not compete with PyTorch's own pool.
+// Work is handed out in chunks from a shared counter: on a machine shared
+// with other processes a descheduled worker delays nothing but the chunk it
+// holds, and one that wakes late finds no work and leaves.
 class Pool {
  public:
   ~Pool() { resize(1); }
@@ -337,16 +338,6 @@ T* ptr(uintptr_t p) {
   return reinterpret_cast<T*>(p);
 }
 
-// fp32 -> bf16 bits, round to nearest even (as torch's .to(torch.bfloat16)).
-void to_bf16(const float* src, uint16_t* dst, size_t n) {
-  for (size_t i = 0; i < n; ++i) {
-    uint32_t b;
-    std::memcpy(&b, &src[i], 4);
-    const uint32_t r = b + 0x7FFFu + ((b >> 16) & 1u);
-    dst[i] = uint16_t(((b & 0x7FFFFFFFu) > 0x7F800000u ? b | 0x400000u : r) >> 16);
-  }
-}
-
 // One call of a weight's kernels: activations prepared, then
 // kernel(prepared, lo, hi, y, P) over work items [0, n) on the pool.
 // x, y and P are addresses the Python side has checked (P may be 0); y holds
@@ -362,7 +353,7 @@ void run_call(uintptr_t x, bool bf16, int tokens, int k, int kk, int group, int 
   float* yp = out_bf16 ? staged.data() : ptr<float>(y);
   int32_t* pp = ptr<int32_t>(P);
   pool().run(n, chunk_for(n), [&](int lo, int hi) { kernel(p, lo, hi, yp, pp); });
-  if (out_bf16) to_bf16(yp, ptr<uint16_t>(y), size_t(tokens) * out);
+  if (out_bf16) ops->to_bf16(yp, ptr<uint16_t>(y), size_t(tokens) * out);
 }
 
 // A weight in the fast layout, checked once when built; holds its buffers.
@@ -387,9 +378,8 @@ struct FastWeight {
     L.symmetric = prm[9] != 0;
     k = int(prm[10]);
     const size_t per = size_t(L.blocks) * L.groups * L.steps;
-    const size_t meta_bytes = L.kind == KIND_24 ? size_t(L.blocks) * ((L.groups * L.steps + 3) / 4) * QUAD24 + 16
-                                                : per * L.mbytes;
-    const size_t val_bytes = L.kind == KIND_24 ? size_t(L.blocks) * ((L.groups * L.steps + 1) / 2) * 64 : per * L.vbytes;
+    const size_t meta_bytes = L.kind == KIND_24 ? L.blocks * meta24_stride(L) + 16 : per * L.mbytes;
+    const size_t val_bytes = L.kind == KIND_24 ? L.blocks * vals24_stride(L) : per * L.vbytes;
     if (vals.size() != val_bytes || meta.size() != meta_bytes ||
         scales.size() != size_t(L.blocks) * L.groups * ROWS ||
         (!L.symmetric && zeros.size() != size_t(L.blocks) * L.groups * 8) || L.group * L.groups != L.kk ||
@@ -563,10 +553,6 @@ NB_MODULE(_nmq_cpu, m) {
   m.def("get_isa", [] { return std::string(current_ops()->name); });
   m.def("set_threads", [](int n) { pool().resize(n); }, "Threads the kernels use (the caller included)");
   m.def("get_threads", [] { return pool().size(); });
-  // run(x, bf16, tokens, w4a8, y, P, out_bf16): x, y and P are addresses of
-  // contiguous CPU buffers ([tokens][k] fp32 or bf16, [tokens][out] fp32 or
-  // bf16, [tokens][out][groups] int32 or 0) that the caller has checked;
-  // passing addresses keeps a call to a few microseconds.
   m.def("attend", &attend_call, "Attention of one position over a KV cache (addresses; see nmq.backends.cpu_decode)");
   m.def("attend_step", &attend_step, "Rotary, KV cache write and attention of one decode position (addresses)");
   m.def("add_rms_norm", [](uintptr_t h, uintptr_t add, uintptr_t w, uintptr_t out, int n, float eps, bool bf16) {
@@ -575,6 +561,10 @@ NB_MODULE(_nmq_cpu, m) {
   m.def("silu_mul", [](uintptr_t g, uintptr_t u, uintptr_t out, int n, bool bf16) {
     current_ops()->silu_mul(ptr<const void>(g), ptr<const void>(u), ptr<void>(out), n, bf16);
   }, "out = silu(g) * u (addresses)");
+  // run(x, bf16, tokens, w4a8, y, P, out_bf16): x, y and P are addresses of
+  // contiguous CPU buffers ([tokens][k] fp32 or bf16, [tokens][out] fp32 or
+  // bf16, [tokens][out][groups] int32 or 0) that the caller has checked;
+  // passing addresses keeps a call to a few microseconds.
   nb::class_<FastWeight>(m, "FastWeight")
       .def(nb::init<Array, Array, Array, Array, const std::vector<int64_t>&>())
       .def("run", &FastWeight::run);
