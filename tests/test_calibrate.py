@@ -5,7 +5,8 @@ import pytest
 import torch
 
 import nmq
-from nmq.calibrate import (Calibration, _input_groups, calibration_tokens, compress_model_calibrated,
+from nmq import calibrate
+from nmq.calibrate import (Calibration, _gram, _input_groups, calibration_tokens, compress_model_calibrated,
                            decoder_blocks)
 from nmq.errors import ModelError
 from nmq.evaluate import perplexity
@@ -59,6 +60,45 @@ def test_sequential_compression_gives_working_valid_models(dense, tokens, method
     again = compress_model_calibrated(copy.deepcopy(dense), recipe, tokens, batch=4, progress=False)
     assert all(a.nmq_weight.identical(b.nmq_weight) for a, b in
                zip(layers, [m for m in again.modules() if isinstance(m, nmq.NMQLinear)]))
+
+
+def test_gram_equals_x_transpose_x():
+    g = torch.Generator().manual_seed(1)
+    chunks = [torch.randn(3, 50, 2100, generator=g).bfloat16() for _ in range(2)]
+    x = torch.cat([c.reshape(-1, 2100) for c in chunks]).double()
+    h = _gram(iter(chunks), 2100)
+    assert torch.equal(h, h.T) and torch.allclose(h.double(), x.T @ x, rtol=1e-5, atol=1e-3)
+
+
+def test_staged_llama_blocks_give_the_hooked_result(dense, tokens, monkeypatch):
+    """Each layer of a LLaMA block runs once per sample, with the same inputs as re-running the block up to it."""
+    used = []
+    recognize = calibrate._PreNormBlock.recognize
+    monkeypatch.setattr(calibrate._PreNormBlock, "recognize",
+                        classmethod(lambda cls, *a: used.append(recognize(*a)) or used[-1]))
+    recipe = nmq.Recipe(pattern="2:4", method="sparsegpt", group_size=128, targets=r".*(k_proj|o_proj|up_proj)$")
+    staged = compress_model_calibrated(copy.deepcopy(dense), recipe, tokens, batch=4, progress=False)
+    assert len(used) == 4 and all(used)
+    monkeypatch.setattr(calibrate._PreNormBlock, "recognize", classmethod(lambda cls, *a: None))
+    hooked = compress_model_calibrated(copy.deepcopy(dense), recipe, tokens, batch=4, progress=False)
+    a = [m for m in staged.modules() if isinstance(m, nmq.NMQLinear)]
+    b = [m for m in hooked.modules() if isinstance(m, nmq.NMQLinear)]
+    assert len(a) == len(b) == 12 and all(x.nmq_weight.identical(y.nmq_weight) for x, y in zip(a, b))
+
+
+def test_blocks_of_another_shape_are_run_by_hooks(tokens):
+    """A block whose MLP adds its input back is not ``h + mlp(norm2(h))``: the staged runner declines it."""
+    model = nmq.builtin_model(trained=False)
+    block = decoder_blocks(model)[1][0]
+    forward = block.mlp.forward
+    block.mlp.forward = lambda x: forward(x) + x
+    names = {n: m for n, m in block.named_modules() if isinstance(m, torch.nn.Linear)}
+    emb = model.model.embed_tokens(tokens[:2])
+    kw = {"position_embeddings": model.model.rotary_emb(emb, torch.arange(64).unsqueeze(0)), "attention_mask": None}
+    with torch.no_grad():
+        assert calibrate._PreNormBlock.recognize(block, names, [emb], [kw]) is None
+        block.mlp.forward = forward
+        assert calibrate._PreNormBlock.recognize(block, names, [emb], [kw]) is not None
 
 
 def test_prune_only_keeps_linear_layers(dense, tokens):

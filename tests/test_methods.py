@@ -97,6 +97,26 @@ def test_shared_inverse_hessian_gives_the_same_result():
     assert torch.equal(a.weight, b.weight)
 
 
+@pytest.mark.parametrize("k", [96, 700, 1100])
+def test_inverse_hessian_factor_is_the_upper_cholesky_factor_of_the_damped_inverse(k):
+    x, _ = problem(7, k=k, tokens=2 * k)
+    h = hessian(x).double()
+    ih = prepare_hessian(h.float(), damp=0.01)
+    damped = h + torch.eye(k, dtype=torch.float64) * 0.01 * torch.diag(h).mean()
+    u = ih.hinv.double()
+    assert torch.equal(u, u.triu()) and bool((torch.diag(u) > 0).all())
+    want = torch.linalg.cholesky(torch.linalg.inv(damped), upper=True)
+    assert float((u - want).abs().max() / want.abs().max()) < 1e-5
+
+
+def test_singular_hessian_gets_more_damping():
+    x = torch.randn(16, 64, generator=torch.Generator().manual_seed(8))  # rank 16 of 64
+    h = hessian(x)
+    h[3, 3] -= 0.02 * torch.diag(h).mean()  # damping 0.01 x mean alone leaves it indefinite
+    u = prepare_hessian(h, damp=0.01).hinv
+    assert torch.isfinite(u).all() and bool((torch.diag(u) > 0).all())
+
+
 def test_dead_inputs_and_compress_weight_inputs():
     x, w = problem(6, k=128)
     x[:, 5] = 0.0
