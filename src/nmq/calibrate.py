@@ -5,13 +5,15 @@
    embeddings only.
 3. For each block, its linear layers are compressed in execution order,
    grouped by shared input (q/k/v, then o, then gate/up, then down for
-   LLaMA): a pass over the samples accumulates the group's Hessian
-   ``X^T X`` with the earlier groups already compressed, then each layer of
-   the group is compressed with it. A final pass gives the block's outputs,
-   which are the next block's inputs, and the block's activations are freed.
+   LLaMA): the group's Hessian ``X^T X`` is accumulated over the samples
+   with the earlier groups already compressed, then each layer of the group
+   is compressed with it. The block's outputs are the next block's inputs,
+   and the block's activations are freed.
 
-Peak memory is the model plus one block's inputs and outputs for all samples
-plus one Hessian.
+A LLaMA-style block is run stage by stage (:class:`_PreNormBlock`), each
+layer once per sample; any other block is re-run up to each group's input
+(:class:`_HookedBlock`). Peak memory is the model plus one block's
+activations for all samples plus one Hessian.
 """
 
 from __future__ import annotations
