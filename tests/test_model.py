@@ -85,6 +85,21 @@ def test_hugging_face_directory_source(dense, tmp_path):
         assert torch.equal(a(IDS).logits, b(IDS).logits)
 
 
+def test_float16_checkpoints_load_as_bfloat16_unless_asked(dense, tmp_path, capsys):
+    copy.deepcopy(dense).half().save_pretrained(tmp_path / "hf16")
+    model, _ = load_source(str(tmp_path / "hf16"))
+    assert {p.dtype for p in model.parameters()} == {torch.bfloat16}
+    assert "float16 weights loaded as bfloat16" in capsys.readouterr().err
+    exact, _ = load_source(str(tmp_path / "hf16"), progress=False, dtype="float32")
+    assert {p.dtype for p in exact.parameters()} == {torch.float32}
+    assert torch.equal(exact.model.embed_tokens.weight, dense.model.embed_tokens.weight.half().float())
+    with pytest.raises(nmq.NMQError, match="accepted: auto, float32, bfloat16, float16"):
+        load_source(str(tmp_path / "hf16"), dtype="int8")
+    wanda = nmq.compress_model(model, nmq.Recipe(method="wanda"), progress=False,
+                               calibration=torch.randint(0, 256, (2, 64), generator=torch.Generator().manual_seed(0)))
+    assert sum(isinstance(m, nmq.NMQLinear) for m in wanda.modules()) == 28
+
+
 def test_tied_embeddings_and_bias_survive(tmp_path):
     from transformers import LlamaConfig, LlamaForCausalLM
 

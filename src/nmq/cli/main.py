@@ -89,6 +89,9 @@ def build_parser() -> argparse.ArgumentParser:
                    "(default: the standard library's source, training split)")
     p.add_argument("--samples", type=int, default=128, help="calibration samples (default 128)")
     p.add_argument("--seq-len", type=int, default=512, help="tokens per calibration sample (default 512)")
+    p.add_argument("--dtype", default="auto", choices=["auto", "float32", "bfloat16", "float16"],
+                   help="dtype to load a Hugging Face model in (default auto: as stored, float16 as bfloat16, "
+                        "since float16 matmuls are slow on CPU)")
     p.add_argument("--damp", type=float, default=0.01, help="Hessian damping, fraction of its mean diagonal (default 0.01)")
     p.add_argument("--act-order", action="store_true", help="GPTQ: process columns by decreasing activation energy")
     p.add_argument("--targets", default=".*", metavar="REGEX", help="compress linear layers whose name matches (default all)")
@@ -180,7 +183,7 @@ def cmd_compress(args: argparse.Namespace) -> int:
         compress_weight_file(args.source, args.output, recipe, overwrite=args.overwrite)
     else:
         _say(args, f"loading {args.source}")
-        model, source_dir = load_source(args.source, progress=not args.quiet)
+        model, source_dir = load_source(args.source, progress=not args.quiet, dtype=args.dtype)
         if recipe.needs_calibration:
             from ..calibrate import Calibration, calibration_tokens, compress_model_calibrated
             from ..text import ByteTokenizer, load_tokenizer
