@@ -157,7 +157,13 @@ struct Ops {
   void (*silu_mul)(const void* g, const void* u, void* out, int n, bool bf16);
   // fp32 -> bf16 bits, rounded to nearest even as PyTorch's conversion.
   void (*to_bf16)(const float* src, uint16_t* dst, size_t n);
+  // Column tiles [w0, w1) of c += X^T X for bf16 X packed by gram panels
+  // (see gram_bf16 in kernels_avx512.cpp); null where the CPU lacks bf16 dot products.
+  void (*gram_bf16)(const uint16_t* packed, int panels, int pairs, float* c, int64_t ldc, int w0, int w1);
 };
+
+// Column tiles of gram_bf16: 3 panels of 16 features each.
+constexpr int GRAM_TILE_PANELS = 3;
 
 const Ops* ops_portable();
 const Ops* ops_avx2();

@@ -343,7 +343,8 @@ static void fast_w4a16_simd(const FastLayout& L, const ActF& a, int b0, int b1, 
 const Ops* ops_avx2() {
   static const Ops ops = {"avx2", avx2::quantize, avx2::group_sums, avx2::fast_w4a8_simd,
                           avx2::fast_w4a16_simd, nullptr, avx2::generic_w4a8, avx2::generic_w4a16, nullptr, avx2::attend,
-                          avx2::add_rms_norm, avx2::rotate_heads, avx2::silu_mul, avx2::to_bf16_n};
+                          avx2::add_rms_norm, avx2::rotate_heads, avx2::silu_mul, avx2::to_bf16_n,
+                          nullptr};
   return &ops;
 }
 }  // namespace nmq

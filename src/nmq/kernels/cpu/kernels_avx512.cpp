@@ -715,13 +715,66 @@ static void fast_w4a16_simd(const FastLayout& L, const ActF& a, int b0, int b1, 
   }
 }
 
+// --- Gram matrix of bf16 activations (calibration Hessians) ---------------------
+// c += X^T X with X packed in panels of 16 features, [panel][pair][16][2]
+// bf16: tokens 2p and 2p + 1 of a feature side by side, the pairs vdpbf16ps
+// multiplies and adds in fp32. A strip is 8 rows (features of one panel,
+// broadcast) by up to 3 panels of columns, its 24 accumulators in registers
+// over all pairs. Work item w is column tile tiles - 1 - w (the longest
+// first); a tile covers rows 0 up to its last column, so only tiles on or
+// above the diagonal are computed (those crossing it fill some entries below
+// it too).
+template <int NB>
+static NMQ_INLINE void gram_strip(const uint32_t* a, const uint32_t* b, size_t pw, int pairs, float* c,
+                                  int64_t ldc) {
+  __m512 acc[8][NB];
+#pragma GCC unroll 8
+  for (int r = 0; r < 8; ++r)
+#pragma GCC unroll 3
+    for (int q = 0; q < NB; ++q) acc[r][q] = _mm512_loadu_ps(c + r * ldc + 16 * q);
+  for (int t = 0; t < pairs; ++t) {
+    __m512bh bv[NB];
+#pragma GCC unroll 3
+    for (int q = 0; q < NB; ++q) bv[q] = (__m512bh)_mm512_loadu_si512(b + q * pw + size_t(t) * 16);
+#pragma GCC unroll 8
+    for (int r = 0; r < 8; ++r) {
+      const __m512bh av = (__m512bh)_mm512_set1_epi32(int(a[size_t(t) * 16 + r]));
+#pragma GCC unroll 3
+      for (int q = 0; q < NB; ++q) acc[r][q] = _mm512_dpbf16_ps(acc[r][q], av, bv[q]);
+    }
+  }
+#pragma GCC unroll 8
+  for (int r = 0; r < 8; ++r)
+#pragma GCC unroll 3
+    for (int q = 0; q < NB; ++q) _mm512_storeu_ps(c + r * ldc + 16 * q, acc[r][q]);
+}
+
+static void gram_bf16(const uint16_t* packed, int panels, int pairs, float* c, int64_t ldc, int w0, int w1) {
+  const int tiles = (panels + GRAM_TILE_PANELS - 1) / GRAM_TILE_PANELS;
+  const size_t pw = size_t(pairs) * 16;  // 32-bit words (bf16 pairs) per panel
+  const uint32_t* p = reinterpret_cast<const uint32_t*>(packed);
+  for (int w = w0; w < w1; ++w) {
+    const int q0 = GRAM_TILE_PANELS * (tiles - 1 - w);
+    const int nb = std::min(GRAM_TILE_PANELS, panels - q0);
+    const uint32_t* b = p + size_t(q0) * pw;
+    for (int i = 0; i < 16 * (q0 + nb); i += 8) {
+      const uint32_t* a = p + size_t(i / 16) * pw + i % 16;
+      float* ct = c + int64_t(i) * ldc + 16 * q0;
+      if (nb == 3) gram_strip<3>(a, b, pw, pairs, ct, ldc);
+      else if (nb == 2) gram_strip<2>(a, b, pw, pairs, ct, ldc);
+      else gram_strip<1>(a, b, pw, pairs, ct, ldc);
+    }
+  }
+}
+
 }  // namespace avx512
 
 const Ops* ops_avx512() {
   static const Ops ops = {"avx512", avx512::quantize16, avx512::group_sums, avx512::fast_w4a8_simd,
                           avx512::fast_w4a16_simd, avx512::fast_w4a16_bf16, avx512::generic_w4a8,
                           avx512::generic_w4a16, avx512::pair_table24, avx512::attend,
-                          avx512::add_rms_norm, avx512::rotate_heads, avx512::silu_mul, avx512::to_bf16_n};
+                          avx512::add_rms_norm, avx512::rotate_heads, avx512::silu_mul, avx512::to_bf16_n,
+                          avx512::gram_bf16};
   return &ops;
 }
 }  // namespace nmq

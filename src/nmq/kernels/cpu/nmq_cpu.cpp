@@ -561,6 +561,19 @@ NB_MODULE(_nmq_cpu, m) {
   m.def("silu_mul", [](uintptr_t g, uintptr_t u, uintptr_t out, int n, bool bf16) {
     current_ops()->silu_mul(ptr<const void>(g), ptr<const void>(u), ptr<void>(out), n, bf16);
   }, "out = silu(g) * u (addresses)");
+  m.def("has_gram_bf16", [] { return current_ops()->gram_bf16 != nullptr && cpu_has_avx512_bf16(); },
+        "Whether gram_bf16 runs at the current ISA level");
+  m.def("gram_bf16", [](uintptr_t packed, int panels, int pairs, uintptr_t c, int64_t ldc) {
+    const Ops* ops = current_ops();
+    if (!ops->gram_bf16 || !cpu_has_avx512_bf16())
+      throw std::invalid_argument(std::string("gram_bf16 needs AVX-512 BF16; the ISA level is ") + ops->name);
+    if (panels < 1 || pairs < 1 || ldc < 16 * int64_t(panels))
+      throw std::invalid_argument("gram_bf16: need panels >= 1, pairs >= 1, ldc >= 16 * panels");
+    const int tiles = (panels + GRAM_TILE_PANELS - 1) / GRAM_TILE_PANELS;
+    pool().run(tiles, 1, [&](int lo, int hi) {
+      ops->gram_bf16(ptr<const uint16_t>(packed), panels, pairs, ptr<float>(c), ldc, lo, hi);
+    });
+  }, "c [16 panels]^2 fp32 += X^T X of bf16 X packed [panels][pairs][16][2] (addresses; see nmq.backends.cpu_gram)");
   // run(x, bf16, tokens, w4a8, y, P, out_bf16): x, y and P are addresses of
   // contiguous CPU buffers ([tokens][k] fp32 or bf16, [tokens][out] fp32 or
   // bf16, [tokens][out][groups] int32 or 0) that the caller has checked;
