@@ -23,3 +23,19 @@ def rng():
     name = os.environ.get("PYTEST_CURRENT_TEST", "").rsplit(" ", 1)[0]
     gen = torch.Generator().manual_seed(zlib.crc32(name.encode()))
     return gen
+
+
+ISA_LEVELS = ("avx512", "avx2", "portable")
+
+
+@pytest.fixture(params=ISA_LEVELS)
+def level(request, monkeypatch):
+    """Run the test with the CPU kernels forced to one ISA level (skipped where the CPU lacks it)."""
+    cpu = pytest.importorskip("nmq.backends.cpu")
+    have = cpu.isa_levels() if cpu.CpuBackend().unavailable_reason() is None else []
+    if request.param not in have:
+        pytest.skip(f"this CPU cannot run the {request.param} kernels (has: {', '.join(have)})")
+    monkeypatch.setenv(cpu.ISA_ENV, request.param)
+    yield request.param
+    monkeypatch.delenv(cpu.ISA_ENV)
+    cpu.get_isa()  # back to the best level

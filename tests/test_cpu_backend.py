@@ -25,7 +25,6 @@ cpu = pytest.importorskip("nmq.backends.cpu")
 REASON = cpu.CpuBackend().unavailable_reason()
 pytestmark = pytest.mark.skipif(REASON is not None, reason=f"cpu backend unavailable: {REASON}")
 
-LEVELS = ("avx512", "avx2", "portable")
 PATTERNS = [(1, 4), (2, 4), (4, 8), (2, 8), (3, 8), (4, 4), (8, 8), (1, 1), (3, 4), (5, 16), (7, 16)]
 GROUPS = (32, 64, 128, 256, -1)
 W16_TOL = 1e-4
@@ -33,17 +32,6 @@ W16_TOL = 1e-4
 
 def _levels() -> list[str]:
     return cpu.isa_levels() if REASON is None else []
-
-
-@pytest.fixture(params=LEVELS)
-def level(request, monkeypatch):
-    """Run the test with the kernels forced to one ISA level (skipped where the CPU lacks it)."""
-    if request.param not in _levels():
-        pytest.skip(f"this CPU cannot run the {request.param} kernels (has: {', '.join(_levels())})")
-    monkeypatch.setenv(cpu.ISA_ENV, request.param)
-    yield request.param
-    monkeypatch.delenv(cpu.ISA_ENV)
-    cpu.get_isa()  # back to the best level
 
 
 @pytest.fixture

@@ -18,18 +18,7 @@ REASON = cpu.CpuBackend().unavailable_reason()
 pytestmark = pytest.mark.skipif(REASON is not None, reason=f"cpu backend unavailable: {REASON}")
 from nmq.backends import cpu_decode  # noqa: E402
 
-LEVELS = ("avx512", "avx2", "portable")
 DTYPES = [torch.float32, torch.bfloat16]
-
-
-@pytest.fixture(params=LEVELS)
-def level(request, monkeypatch):
-    if request.param not in cpu.isa_levels():
-        pytest.skip(f"this CPU cannot run the {request.param} kernels")
-    monkeypatch.setenv(cpu.ISA_ENV, request.param)
-    yield request.param
-    monkeypatch.delenv(cpu.ISA_ENV)
-    cpu.get_isa()
 
 
 def _close(got, want, dtype, frac=0.01):

@@ -15,18 +15,6 @@ REASON = cpu.CpuBackend().unavailable_reason()
 pytestmark = pytest.mark.skipif(REASON is not None, reason=f"cpu backend unavailable: {REASON}")
 from nmq.backends import cpu_gram  # noqa: E402
 
-LEVELS = ("avx512", "avx2", "portable")
-
-
-@pytest.fixture(params=LEVELS)
-def level(request, monkeypatch):
-    if request.param not in cpu.isa_levels():
-        pytest.skip(f"this CPU cannot run the {request.param} kernels")
-    monkeypatch.setenv(cpu.ISA_ENV, request.param)
-    yield request.param
-    monkeypatch.delenv(cpu.ISA_ENV)
-    cpu.get_isa()
-
 
 def _upper_error(h: torch.Tensor, x: torch.Tensor) -> float:
     ref = x.double().T @ x.double()
