@@ -4,7 +4,8 @@ from hypothesis import given
 from hypothesis import strategies as st
 
 from nmq.errors import QuantError
-from nmq.quant import QuantSpec, dequantize_groups, quantize_activations, quantize_groups
+from nmq.quant import (GroupGrid, QuantSpec, dequantize_groups, group_params, quantize_activations, quantize_groups,
+                       quantize_with)
 
 
 @given(bits=st.sampled_from([2, 3, 4, 8]), symmetric=st.booleans(), seed=st.integers(0, 2**31 - 1),
@@ -70,3 +71,17 @@ def test_activation_quantization_is_symmetric_int8_half_even(rng):
     # an all-zero group quantizes to zeros with scale 0
     q0, s0 = quantize_activations(torch.zeros(1, 32), 32)
     assert s0.item() == 0 and q0.abs().sum() == 0
+
+
+@pytest.mark.parametrize("symmetric", [True, False])
+def test_group_grid_rounds_like_quantize_then_dequantize(symmetric):
+    g = torch.Generator().manual_seed(3)
+    spec = QuantSpec(4, 64, symmetric)
+    w = torch.randn(40, 1, 64, generator=g)
+    w[5] = 0.0  # an all-zero group: scale 0
+    scales, zeros = group_params(w, spec)
+    v = torch.randn(40, 1, 64, generator=g) * 1.5  # values off the group they were scaled for, as in the OBS loop
+    want = dequantize_groups(quantize_with(v, scales, zeros, spec), scales, zeros, spec)
+    grid = GroupGrid.of(scales[:, 0], None if zeros is None else zeros[:, 0], spec)
+    got = torch.stack([grid.round(v[:, 0, j]) for j in range(64)], dim=-1)
+    assert torch.equal(got, want[:, 0])

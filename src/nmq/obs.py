@@ -32,7 +32,7 @@ import torch
 
 from .errors import NMQError
 from .pattern import Pattern
-from .quant import QuantSpec, _safe, group_params
+from .quant import GroupGrid, QuantSpec, group_params
 
 
 @dataclass
@@ -127,7 +127,7 @@ def obs_compress(
     bs = max(blocksize, group) if not act_order else blocksize
     bs = -(-bs // group) * group if not act_order else bs
     qt = torch.zeros_like(wt)
-    grid = None
+    grid, grid_group = None, -1
     for i1 in range(0, k, bs):
         i2 = min(i1 + bs, k)
         w1 = wt[i1:i2]  # a view: rows before i1 are final, rows from i2 get the block's update below
@@ -149,9 +149,9 @@ def obs_compress(
             q = v * keep_t[col]
             if spec:
                 g = group_of[col]
-                if grid is None or grid[0] != g:  # a group's scale is final before its first column is quantized
-                    grid = (g, *_grid(scales[:, g], None if zeros is None else zeros[:, g], spec))
-                q = _on_grid(q, *grid[1:], spec) * keep_t[col]
+                if g != grid_group:  # a group's scale is final before its first column is quantized
+                    grid, grid_group = GroupGrid.of(scales[:, g], None if zeros is None else zeros[:, g], spec), g
+                q = grid.round(q) * keep_t[col]
             qt[col] = q
             e = (v - q) / hinv1[i, i]
             w1[i + 1 :].addr_(hinv1[i, i + 1 :], e, alpha=-1.0)
@@ -166,18 +166,6 @@ def _select(rows: torch.Tensor, diag: torch.Tensor, pattern: Pattern) -> torch.T
     score = (rows**2 / diag.unsqueeze(1) ** 2).reshape(c // pattern.m, pattern.m, out)
     top = torch.sort(score, dim=1, descending=True, stable=True).indices[:, : pattern.n]
     return torch.zeros_like(score, dtype=torch.bool).scatter_(1, top, True).reshape(c, out)
-
-
-def _grid(scales: torch.Tensor, zeros: torch.Tensor | None, spec: QuantSpec):
-    """One group's fp32 divisor, scale and zero code (``quantize_with``'s arithmetic, set up once a group)."""
-    return _safe(scales), scales.float(), None if zeros is None else zeros.float()
-
-
-def _on_grid(v: torch.Tensor, divisor, scale, zero, spec: QuantSpec) -> torch.Tensor:
-    """``dequantize(quantize_with(v))`` for one column: the nearest grid value, in the packer's arithmetic."""
-    if zero is None:
-        return torch.round(v / divisor).clamp_(-spec.offset, spec.offset - 1) * scale
-    return ((torch.round(v / divisor) + zero).clamp_(0, spec.max_code) - zero) * scale
 
 
 def _inverse_cholesky(h: torch.Tensor, damp: float, dead: torch.Tensor | None = None) -> torch.Tensor:

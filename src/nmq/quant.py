@@ -114,6 +114,31 @@ def dequantize_groups(
     return (codes.to(torch.int32) - zero).float() * scales.float().unsqueeze(-1)
 
 
+@dataclass(frozen=True)
+class GroupGrid:
+    """One quantization group's grid ``[rows]``, set up once for all the group's columns.
+
+    ``round(v)`` for one value per row is ``dequantize_groups(quantize_with(v))``
+    in the same arithmetic, without re-deriving divisors per call: the OBS
+    loop quantizes one column at a time.
+    """
+
+    divisor: torch.Tensor
+    scale: torch.Tensor
+    zero: torch.Tensor | None
+    spec: QuantSpec
+
+    @classmethod
+    def of(cls, scales: torch.Tensor, zeros: torch.Tensor | None, spec: QuantSpec) -> GroupGrid:
+        return cls(_safe(scales), scales.float(), None if zeros is None else zeros.float(), spec)
+
+    def round(self, v: torch.Tensor) -> torch.Tensor:
+        spec = self.spec
+        if self.zero is None:
+            return torch.round(v / self.divisor).clamp_(-spec.offset, spec.offset - 1) * self.scale
+        return ((torch.round(v / self.divisor) + self.zero).clamp_(0, spec.max_code) - self.zero) * self.scale
+
+
 def quantize_activations(x: torch.Tensor, group_size: int) -> tuple[torch.Tensor, torch.Tensor]:
     """Symmetric int8 quantization of ``x [tokens, K]`` per (token, group of K).
 

@@ -561,11 +561,12 @@ NB_MODULE(_nmq_cpu, m) {
   m.def("silu_mul", [](uintptr_t g, uintptr_t u, uintptr_t out, int n, bool bf16) {
     current_ops()->silu_mul(ptr<const void>(g), ptr<const void>(u), ptr<void>(out), n, bf16);
   }, "out = silu(g) * u (addresses)");
-  m.def("has_gram_bf16", [] { return current_ops()->gram_bf16 != nullptr && cpu_has_avx512_bf16(); },
-        "Whether gram_bf16 runs at the current ISA level");
+  // The avx512 table always holds gram_bf16; the CPU may still lack AVX-512 BF16.
+  static const auto gram_ready = [] { return current_ops()->gram_bf16 != nullptr && cpu_has_avx512_bf16(); };
+  m.def("has_gram_bf16", gram_ready, "Whether gram_bf16 runs at the current ISA level");
   m.def("gram_bf16", [](uintptr_t packed, int panels, int pairs, uintptr_t c, int64_t ldc) {
     const Ops* ops = current_ops();
-    if (!ops->gram_bf16 || !cpu_has_avx512_bf16())
+    if (!gram_ready())
       throw std::invalid_argument(std::string("gram_bf16 needs AVX-512 BF16; the ISA level is ") + ops->name);
     if (panels < 1 || pairs < 1 || ldc < 16 * int64_t(panels))
       throw std::invalid_argument("gram_bf16: need panels >= 1, pairs >= 1, ldc >= 16 * panels");
