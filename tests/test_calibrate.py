@@ -11,7 +11,7 @@ from nmq.calibrate import (Calibration, _gram, _input_groups, calibration_tokens
 from nmq.errors import ModelError
 from nmq.evaluate import perplexity
 from nmq.pattern import Pattern
-from nmq.prune import is_nm_sparse
+from nmq.prune import is_nm_sparse, wanda_mask
 
 
 @pytest.fixture(scope="module")
@@ -125,3 +125,31 @@ def test_perplexity_matches_full_context_scoring(dense):
 def test_compress_model_runs_calibrated_methods(dense, tokens):
     model = nmq.compress_model(copy.deepcopy(dense), nmq.Recipe(method="wanda"), progress=False, calibration=tokens)
     assert sum(isinstance(m, nmq.NMQLinear) for m in model.modules()) == 28
+
+
+def test_wanda_takes_a_blocks_statistics_from_one_run_of_it(dense, tokens):
+    """Wanda's reference procedure: every layer of a block scored on the block's input as it arrives
+    (earlier blocks pruned, this one not yet); the next block sees this one pruned."""
+    pattern = Pattern(2, 4)
+    expected = copy.deepcopy(dense)
+    for bi, block in enumerate(decoder_blocks(expected)[1]):
+        norms = {}
+        hooks = [m.register_forward_pre_hook(lambda m, a, n=n: norms.__setitem__(
+                     n, norms.get(n, 0) + a[0].double().reshape(-1, a[0].shape[-1]).pow(2).sum(0)))
+                 for n, m in block.named_modules() if isinstance(m, torch.nn.Linear)]
+        with torch.no_grad():
+            for i in range(0, len(tokens), 4):
+                expected(tokens[i:i + 4])
+        for h in hooks:
+            h.remove()
+        for n, m in block.named_modules():
+            if n in norms:
+                m.weight.data *= wanda_mask(m.weight.data, norms[n].float(), pattern)
+    got = compress_model_calibrated(copy.deepcopy(dense), nmq.Recipe(method="wanda"), tokens, batch=4,
+                                    progress=False, quantize=False)
+    pairs = [(a.weight != 0, b.weight != 0) for (n, a), b in
+             zip(((n, m) for n, m in expected.named_modules() if isinstance(m, torch.nn.Linear) and "lm_head" not in n),
+                 (m for n, m in got.named_modules() if isinstance(m, torch.nn.Linear) and "lm_head" not in n))]
+    assert len(pairs) == 28
+    agree = sum(int((a == b).sum()) for a, b in pairs) / sum(a.numel() for a, _ in pairs)
+    assert agree > 0.999  # equal up to near-ties (the statistics are summed in another order)

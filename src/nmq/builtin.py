@@ -1,15 +1,15 @@
 """Built-in models, so the demo and the tests need no download.
 
 ``tiny-llama`` is a LLaMA-architecture causal LM over bytes (vocabulary 256:
-token = one UTF-8 byte, so no tokenizer files are needed), hidden 256, MLP
-768, 4 layers: every linear layer has K a multiple of 128. It was trained by
+token = one UTF-8 byte, so no tokenizer files are needed), hidden 128, MLP
+384, 4 layers: every linear layer has K a multiple of 128. It was trained by
 ``scripts/train_tiny_llama.py`` on the Python standard library's source; the
 weights ship in ``nmq/data/tiny-llama.safetensors`` (fp16), and
 ``trained=False`` gives the same architecture with seeded random weights.
 
 >>> model = builtin_model("tiny-llama")
 >>> model.config.hidden_size, model.config.num_hidden_layers
-(256, 4)
+(128, 4)
 """
 
 from __future__ import annotations
@@ -24,11 +24,11 @@ from .errors import ModelError
 BUILTIN_CONFIGS: dict[str, dict] = {
     "tiny-llama": {
         "vocab_size": 256,
-        "hidden_size": 256,
-        "intermediate_size": 768,
+        "hidden_size": 128,
+        "intermediate_size": 384,
         "num_hidden_layers": 4,
-        "num_attention_heads": 4,
-        "num_key_value_heads": 2,
+        "num_attention_heads": 2,
+        "num_key_value_heads": 1,
         "max_position_embeddings": 1024,
         "rms_norm_eps": 1e-5,
         "tie_word_embeddings": False,

@@ -42,6 +42,11 @@ class Method:
     def needs_calibration(self) -> bool:
         return self.prune != "magnitude" or self.quant != "rtn"
 
+    @property
+    def compensates(self) -> bool:
+        """Whether kept weights are updated to absorb the error of earlier columns (the OBS methods)."""
+        return self.prune == "sparsegpt" or self.quant == "gptq"
+
 
 def parse_method(name: str) -> Method:
     aliases = {"magnitude": "magnitude+rtn", "rtn": "magnitude+rtn", "wanda": "wanda+rtn",
