@@ -70,13 +70,14 @@ def test_gram_equals_x_transpose_x():
     assert torch.equal(h, h.T) and torch.allclose(h.double(), x.T @ x, rtol=1e-5, atol=1e-3)
 
 
-def test_staged_llama_blocks_give_the_hooked_result(dense, tokens, monkeypatch):
+@pytest.mark.parametrize("method", ["sparsegpt", "wanda"])
+def test_staged_llama_blocks_give_the_hooked_result(dense, tokens, monkeypatch, method):
     """Each layer of a LLaMA block runs once per sample, with the same inputs as re-running the block up to it."""
     used = []
     recognize = calibrate._PreNormBlock.recognize
     monkeypatch.setattr(calibrate._PreNormBlock, "recognize",
                         classmethod(lambda cls, *a: used.append(recognize(*a)) or used[-1]))
-    recipe = nmq.Recipe(pattern="2:4", method="sparsegpt", group_size=128, targets=r".*(k_proj|o_proj|up_proj)$")
+    recipe = nmq.Recipe(pattern="2:4", method=method, group_size=128, targets=r".*(k_proj|o_proj|up_proj)$")
     staged = compress_model_calibrated(copy.deepcopy(dense), recipe, tokens, batch=4, progress=False)
     assert len(used) == 4 and all(used)
     monkeypatch.setattr(calibrate._PreNormBlock, "recognize", classmethod(lambda cls, *a: None))
