@@ -127,16 +127,16 @@ def compress_model_calibrated(
                                 recipe, quantize)
             inputs = run.outputs()
         else:
-            # Wanda updates no weight, so, as in Wanda's reference code, every layer's statistics come from one run
-            # of the block as it arrives (later layers do not see the earlier ones pruned); then the pruned block
-            # runs again for the next block's inputs. On the reference model this is 2:4 perplexity 4.48 against
-            # 4.57 with each layer seeing the pruned ones before it.
-            # Its score needs only diag(X^T X).
+            # Wanda updates no weight, so, as in Wanda's reference code, every layer's statistics (diag(X^T X),
+            # all its score uses) come from one run of the block as it arrives (later layers do not see the
+            # earlier ones pruned); then the pruned block runs again for the next block's inputs. On the
+            # reference model this is 2:4 perplexity 4.48 against 4.57 with each layer seeing the pruned ones
+            # before it.
             norms = [(group, _squared_norms(xs, names[group[0]].in_features)) for group, xs in run.groups()]
             del run
             for group, d in norms:
                 bar.show(bi, group, start)
-                _compress_group(block, group, names, torch.diag(d), method, pattern, spec, recipe, quantize)
+                _compress_group(block, group, names, d, method, pattern, spec, recipe, quantize)
             del norms
             inputs = _HookedBlock(block, names, inputs, kwargs).outputs()
         if quantize:
@@ -157,7 +157,7 @@ def compress_model_calibrated(
 
 
 def _compress_group(block, group, names, h, method, pattern, spec, recipe, quantize):
-    """Compress the layers of ``group`` (one shared input) with their Hessian ``h``."""
+    """Compress the layers of ``group`` (one shared input) with their Hessian ``h`` (or its diagonal, for Wanda)."""
     kp = padded_k(h.shape[0], pattern, recipe.group_size)
     h = prepare_for(method, pattern, spec, _padded_hessian(h, kp), recipe.damp, recipe.act_order)
     for n in group:
@@ -311,7 +311,7 @@ class _PreNormBlock:
     def __init__(self, block, names, inputs, kwargs) -> None:
         self.block, self.names, self.inputs, self.kwargs = block, names, inputs, kwargs
         self.attn, self.mlp = block.self_attn, block.mlp
-        self.out: list[torch.Tensor] | None = None
+        self._last: tuple[list, list] | None = None  # h and down's inputs, for outputs()
 
     @classmethod
     def recognize(cls, block, names, inputs, kwargs) -> "_PreNormBlock | None":
@@ -384,19 +384,23 @@ class _PreNormBlock:
         m = [self._down_input(h) for h in hs]
         if group := self._group("mlp", True):
             yield group, m
-        self.out = []
-        for i in range(len(hs)):
-            self.out.append(self._out(hs[i], m[i]))
-            hs[i] = m[i] = None
+        self._last = hs, m
 
     def outputs(self) -> list[torch.Tensor]:
-        assert self.out is not None, "groups() runs first"
-        return self.out
+        """The block's outputs, with its layers as they are now (down_proj's last)."""
+        assert self._last is not None, "groups() runs first"
+        hs, m = self._last
+        out = []
+        for i in range(len(hs)):
+            out.append(self._out(hs[i], m[i]))
+            hs[i] = m[i] = None
+        return out
 
 
 def _padded_hessian(h: torch.Tensor, kp: int) -> torch.Tensor:
+    """``h [K, K]`` (or its diagonal ``[K]``) with zeros for the padded inputs."""
     k = h.shape[0]
-    return torch.nn.functional.pad(h, (0, kp - k, 0, kp - k)) if kp != k else h
+    return torch.nn.functional.pad(h, (0, kp - k) * h.dim()) if kp != k else h
 
 
 def _block_out(out):

@@ -92,7 +92,8 @@ def compress_layer(
 
     ``hessian`` is ``X^T X`` of the layer's padded calibration inputs
     ``[K, K]`` (or :func:`nmq.obs.prepare_hessian` of it, to share the
-    inversion between layers); required when the method needs calibration. With ``spec``
+    inversion between layers; or, for Wanda + RTN, only its diagonal ``[K]``);
+    required when the method needs calibration. With ``spec``
     None only the mask (and, for SparseGPT, the OBS update) is applied: the
     pruning-only rows of the accuracy table.
     """
@@ -106,7 +107,8 @@ def compress_layer(
     if method.prune == "magnitude":
         keep = magnitude_mask(weight, pattern)
     else:
-        diag = hessian.diag_h if isinstance(hessian, InverseHessian) else torch.diag(hessian)
+        diag = hessian.diag_h if isinstance(hessian, InverseHessian) else \
+            hessian if hessian.dim() == 1 else torch.diag(hessian)
         keep = wanda_mask(weight, diag, pattern)
     if spec is None:
         return LayerResult(weight * keep, keep, None, None)
