@@ -2,9 +2,9 @@
 
     .venv/bin/python scripts/train_tiny_llama.py
 
-Byte-level LLaMA (config: nmq.builtin.BUILTIN_CONFIGS["tiny-llama"]), fixed seed.
+Byte-level LLaMA (config: nmq.models.builtin.BUILTIN_CONFIGS["tiny-llama"]), fixed seed.
 The standard library's .py files (tests excluded) are split by file
-(nmq.corpus.stdlib_split): a file whose path hashes to 0 mod 16 is held out. Writes, under src/nmq/data/:
+(nmq.calibration.data.stdlib_split): a file whose path hashes to 0 mod 16 is held out. Writes, under src/nmq/data/:
   tiny-llama.safetensors   the trained weights (fp16)
   tiny-llama.json          how they were made (steps, tokens, losses, time)
   stdlib-heldout.txt       the held-out text the accuracy table is measured on
@@ -39,8 +39,8 @@ def main() -> int:
     args = ap.parse_args()
 
     sys.path.insert(0, str(DATA.parents[1]))
-    from nmq.builtin import BUILTIN_CONFIGS
-    from nmq.corpus import stdlib_split
+    from nmq.models.builtin import BUILTIN_CONFIGS
+    from nmq.calibration.data import stdlib_split
     from transformers import LlamaConfig, LlamaForCausalLM
 
     torch.manual_seed(args.seed)

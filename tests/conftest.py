@@ -31,7 +31,7 @@ ISA_LEVELS = ("avx512", "avx2", "portable")
 @pytest.fixture(params=ISA_LEVELS)
 def level(request, monkeypatch):
     """Run the test with the CPU kernels forced to one ISA level (skipped where the CPU lacks it)."""
-    cpu = pytest.importorskip("nmq.backends.cpu")
+    cpu = pytest.importorskip("nmq.backends.cpu.matmul")
     have = cpu.isa_levels() if cpu.CpuBackend().unavailable_reason() is None else []
     if request.param not in have:
         pytest.skip(f"this CPU cannot run the {request.param} kernels (has: {', '.join(have)})")

@@ -11,16 +11,16 @@ torch.Size([2, 64])
 
 from .backends import available as available_backends
 from .backends import matmul
-from .builtin import builtin_model
-from .checkpoint import load_model, save_checkpoint
-from .compress import compress_weight
+from .calibration.run import compress_model
+from .compress.recipe import Recipe
+from .compress.weight import compress_weight
 from .errors import NMQError
-from .linear import NMQLinear
-from .model import compress_model
-from .pattern import Pattern
-from .recipe import Recipe
-from .serialize import load_tensor
-from .tensor import NMQTensor
+from .format.file import load_tensor
+from .format.pattern import Pattern
+from .format.tensor import NMQTensor
+from .models.builtin import builtin_model
+from .models.checkpoint import load_model, save_checkpoint
+from .runtime.linear import NMQLinear
 
 __version__ = "0.1.0"
 

@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 
 from nmq.hw.config import AcceleratorConfig
-from nmq.hw.driver import VerilatorSim, verilator_reason
+from nmq.hw.sim.driver import VerilatorSim, verilator_reason
 
 
 def verilator_design(tmp_path_factory, cfg: AcceleratorConfig, name: str):
@@ -13,7 +13,7 @@ def verilator_design(tmp_path_factory, cfg: AcceleratorConfig, name: str):
     reason = verilator_reason()
     if reason:
         pytest.skip(f"Verilator end-to-end test skipped: {reason}")
-    from nmq.hw.generate import generate
+    from nmq.hw.rtl.generate import generate
 
     d = tmp_path_factory.mktemp(name)
     info = generate(cfg, d)

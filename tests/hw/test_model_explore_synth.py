@@ -9,8 +9,16 @@ import sys
 import pytest
 
 from nmq.hw.config import AcceleratorConfig, HardwareError
-from nmq.hw.cycle_model import layer_cycles, model_estimate, run_cycles
-from nmq.hw.explore import BOARDS, CALIBRATION, VALIDATION, estimate_resources, explore, pareto, parse_budget
+from nmq.hw.estimate.cycle_model import layer_cycles, model_estimate, run_cycles
+from nmq.hw.estimate.explore import (
+    BOARDS,
+    CALIBRATION,
+    VALIDATION,
+    estimate_resources,
+    explore,
+    pareto,
+    parse_budget,
+)
 
 
 def test_cycle_model_counts_n_steps_per_m_group():
@@ -108,7 +116,7 @@ def test_cli_generate_and_explore(tmp_path):
 def test_yosys_synthesis_counts(tmp_path):
     """A 1 x 2 array through `nmq hw synth`: one DSP per PE (+1 for the controller), FFs and LUTs > 0."""
     pytest.importorskip("amaranth", reason="Amaranth HDL is not installed")
-    from nmq.hw.synth import yosys_exe
+    from nmq.hw.impl.synth import yosys_exe
 
     if yosys_exe() is None:
         pytest.skip("yosys is not installed (run scripts/install-hw-tools.sh)")

@@ -13,12 +13,12 @@ amaranth = pytest.importorskip("amaranth", reason="Amaranth HDL is not installed
 from amaranth.sim import Simulator  # noqa: E402
 
 import nmq  # noqa: E402
-from nmq.backends.reference import partial_sums, quantized_activations  # noqa: E402
-from nmq.hw.amaranth_sim import run_streams  # noqa: E402
-from nmq.hw.config import AcceleratorConfig, HardwareError  # noqa: E402
-from nmq.hw.cycle_model import run_cycles  # noqa: E402
-from nmq.hw.rtl.pe import ProcessingElement  # noqa: E402
-from nmq.hw.streams import build_streams  # noqa: E402
+from nmq.backends.reference import partial_sums, quantized_activations
+from nmq.hw.config import AcceleratorConfig, HardwareError
+from nmq.hw.estimate.cycle_model import run_cycles
+from nmq.hw.rtl.pe import ProcessingElement
+from nmq.hw.sim.amaranth import run_streams
+from nmq.hw.sim.streams import build_streams
 
 
 def _window(acts: list[int]) -> int:

@@ -9,7 +9,7 @@ import torch
 import nmq
 from nmq.backends.reference import partial_sums, quantized_activations
 from nmq.hw.config import AcceleratorConfig, HardwareError
-from nmq.hw.streams import build_streams, pack_lanes
+from nmq.hw.sim.streams import build_streams, pack_lanes
 
 
 def test_pack_lanes_matches_the_port_layout():

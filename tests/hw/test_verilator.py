@@ -13,8 +13,8 @@ import torch
 import nmq
 from nmq.backends.reference import partial_sums, w4a8_matmul
 from nmq.hw.config import AcceleratorConfig, HardwareError
-from nmq.hw.cycle_model import layer_cycles
-from nmq.hw.driver import simulate_layer
+from nmq.hw.estimate.cycle_model import layer_cycles
+from nmq.hw.sim.driver import simulate_layer
 
 PATTERNS = ["1:4", "2:4", "4:8", "2:8", "1:8", "8:8"]
 

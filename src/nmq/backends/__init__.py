@@ -12,9 +12,9 @@ from __future__ import annotations
 import torch
 
 from ..errors import BackendError
-from ..tensor import NMQTensor
+from ..format.tensor import NMQTensor
 from .base import NUMERIC_PATHS, Backend, check_path
-from .cpu import CpuBackend
+from .cpu.matmul import CpuBackend
 from .cusparselt import CusparseltBackend
 from .reference import ReferenceBackend
 from .triton import TritonBackend

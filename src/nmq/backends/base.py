@@ -7,7 +7,7 @@ from typing import Any, Callable
 import torch
 
 from ..errors import BackendError
-from ..tensor import NMQTensor
+from ..format.tensor import NMQTensor
 
 NUMERIC_PATHS = ("w4a16", "w4a8")
 """``w4a16``: float activations, fp32 accumulation. ``w4a8``: activations

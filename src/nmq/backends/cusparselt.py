@@ -22,8 +22,8 @@ from dataclasses import dataclass, field
 import torch
 
 from ..errors import BackendError
-from ..pattern import Pattern
-from ..tensor import NMQTensor
+from ..format.pattern import Pattern
+from ..format.tensor import NMQTensor
 from .base import Backend, check_input, check_path
 
 ROW_MULTIPLE = 32
@@ -86,7 +86,10 @@ class SemiStructuredWeight:
     def weight(self, dtype: torch.dtype):
         w = self.by_dtype.get(dtype)
         if w is None:
-            from torch.sparse import SparseSemiStructuredTensor, to_sparse_semi_structured
+            from torch.sparse import (
+                SparseSemiStructuredTensor,
+                to_sparse_semi_structured,
+            )
 
             SparseSemiStructuredTensor._FORCE_CUTLASS = self.kernel == "cutlass"
             dense = semi_structured_dense(self.source, dtype).cuda()

@@ -5,7 +5,7 @@ obviously right, slow.
 
 * ``w4a16``: ``y = x @ dequant(W).T`` in fp32.
 * ``w4a8``: activations quantized per (token, group) to int8
-  (:func:`nmq.quant.quantize_activations`); for every (token, row, group) the
+  (:func:`nmq.compress.quant.quantize_activations`); for every (token, row, group) the
   partial sum ``P = sum((c_w - z) * q_x)`` exact in int32 (:func:`partial_sums`);
   ``y = sum_g (s_w[g] * s_x[g]) * P[g]`` accumulated over ascending g in fp32.
 """
@@ -14,9 +14,9 @@ from __future__ import annotations
 
 import torch
 
+from ..compress.quant import quantize_activations
 from ..errors import BackendError
-from ..quant import quantize_activations
-from ..tensor import NMQTensor
+from ..format.tensor import NMQTensor
 from .base import Backend, check_input, check_path
 
 INT32_MAX = 2**31 - 1

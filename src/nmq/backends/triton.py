@@ -21,7 +21,7 @@ import os
 import torch
 
 from ..errors import BackendError
-from ..tensor import NMQTensor
+from ..format.tensor import NMQTensor
 from .base import Backend, check_input, check_path
 
 ACTIVATION_DTYPES = (torch.float16, torch.bfloat16, torch.float32)

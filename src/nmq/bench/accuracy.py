@@ -18,13 +18,12 @@ from dataclasses import dataclass
 
 import torch
 
-from ..builtin import DEFAULT_MODEL, builtin_model
-from ..calibrate import Calibration, calibration_tokens, compress_model_calibrated
-from ..corpus import heldout_path
-from ..evaluate import perplexity
-from ..model import compress_model
-from ..recipe import Recipe
-from ..text import ByteTokenizer
+from ..calibration.data import Calibration, calibration_tokens, heldout_path
+from ..calibration.run import compress_model, compress_model_calibrated
+from ..compress.recipe import Recipe
+from ..models.builtin import DEFAULT_MODEL, builtin_model
+from ..runtime.evaluate import perplexity
+from ..runtime.text import ByteTokenizer
 
 
 @dataclass(frozen=True)

@@ -9,7 +9,7 @@ memory bandwidth from one minute to the next (on the 2-core reference machine
 a plain read stream ranges 39-62 GB/s within a minute). The PyTorch baselines
 (whose models do not fit in memory beside the others at LLaMA-7B size) run
 alone, one after another, ``--rounds`` generations each. Models are built with random weights directly in
-their final form (:mod:`nmq.synthetic`): compressed configurations never hold
+their final form (:mod:`nmq.models.synthetic`): compressed configurations never hold
 a dense copy, and keep each linear layer in its backend's packed form only.
 Embeddings and norms are bf16 in every configuration; the nmq configurations
 also store ``lm_head`` as dense INT4 and run the decoder's linear layers on
@@ -54,8 +54,9 @@ DEFAULT_CONFIGS = ("torch-bf16", "nmq-dense-int4", "nmq-2:4-int4", "nmq-4:8-int4
 
 def build(config: str, model_name: str, backend: str, threads: int | None, path: str = "w4a8"):
     """The configuration's model, ready to decode, and the backend its linear layers run on."""
-    from ..recipe import Recipe
-    from ..synthetic import SHAPES, llama_model
+    from ..compress.recipe import Recipe
+    from ..models.synthetic import llama_model
+    from ..shapes import SHAPES
 
     pattern = CONFIGS[config]
     if pattern is None:
@@ -65,8 +66,8 @@ def build(config: str, model_name: str, backend: str, threads: int | None, path:
         model = llama_model(SHAPES[model_name], None, dtype=dtype)
         used = "torch"
     else:
-        from ..backends import cpu as cpu_backend
         from ..backends import get_backend
+        from ..backends.cpu import matmul as cpu_backend
 
         used = get_backend(backend, "cpu", 1).name
         if used == "cpu":
@@ -102,7 +103,7 @@ class Session:
         self.generate(WARMUP_TOKENS)
 
     def generate(self, tokens: int | None = None):
-        from ..generate import generate_ids
+        from ..runtime.generate import generate_ids
 
         return generate_ids(self.model, self.ids, tokens or self.new_tokens)
 
@@ -160,9 +161,9 @@ def serve(args: argparse.Namespace) -> int:
 
 def fpga_estimate(config: str, model_name: str) -> dict:
     """Decode throughput of the generated accelerator from its cycle model (no simulation, no measurement)."""
+    from ..format.pattern import Pattern
     from ..hw.config import AcceleratorConfig
-    from ..hw.cycle_model import model_estimate
-    from ..pattern import Pattern
+    from ..hw.estimate.cycle_model import model_estimate
 
     p = Pattern.parse(CONFIGS[config])
     cfg = AcceleratorConfig(**FPGA_DESIGN)
@@ -203,7 +204,7 @@ def add_parser(subparsers, common: argparse.ArgumentParser) -> argparse.Argument
 
 
 def _shapes():
-    from ..synthetic import SHAPES
+    from ..shapes import SHAPES
 
     return SHAPES
 

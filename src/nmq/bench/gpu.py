@@ -236,7 +236,10 @@ def _build(out: int, k: int, kernels: list[str], l2: int, min_copies: int, gen) 
             copies = [packed] + [_clone_packed(packed) for _ in range(_copies(size, l2, min_copies) - 1)]
             cases.append(Case(name, "triton", size, [lambda x, p=p, b=backend: b.matmul(x, p) for p in copies]))
         elif name == "cusparselt-2:4-fp16":
-            from torch.sparse import SparseSemiStructuredTensor, to_sparse_semi_structured
+            from torch.sparse import (
+                SparseSemiStructuredTensor,
+                to_sparse_semi_structured,
+            )
 
             from ..backends.cusparselt import sparse_kernel_name
 

@@ -126,7 +126,7 @@ def run_kernels(args: argparse.Namespace) -> int:
             print(msg, file=sys.stderr, flush=True)
 
     torch.set_num_threads(threads)
-    from ..backends import cpu as cpu_backend
+    from ..backends.cpu import matmul as cpu_backend
 
     reason = cpu_backend.CpuBackend().unavailable_reason()
     if reason and any(k in NMQ_KERNELS for k in kernels):
@@ -264,8 +264,8 @@ class _Weights:
         return self._ort(batches, inputs)
 
     def _nmq(self, kernel, batches, paths, inputs) -> list[Row]:
-        from ..backends.cpu import CpuBackend, CpuPacked
-        from ..compress import compress_weight
+        from ..backends.cpu.matmul import CpuBackend, CpuPacked
+        from ..compress.weight import compress_weight
 
         be = CpuBackend()
         pattern = NMQ_KERNELS[kernel]
@@ -371,7 +371,7 @@ class _Weights:
 
 
 def _copy(obj):
-    from ..backends.cpu import CpuPacked
+    from ..backends.cpu.matmul import CpuPacked
 
     if isinstance(obj, torch.Tensor):
         return obj.clone()

@@ -12,7 +12,6 @@ import sys
 import textwrap
 import time
 
-
 EXAMPLES = {
     "generate": """
         examples:
@@ -119,7 +118,7 @@ def _say(args: argparse.Namespace, text: str) -> None:
 
 def cmd_generate(args: argparse.Namespace) -> int:
     from ..hw.config import AcceleratorConfig
-    from ..hw.generate import generate
+    from ..hw.rtl.generate import generate
 
     cfg = AcceleratorConfig(rows=args.rows, cols=args.cols, max_m=args.max_m, weight_bits=args.weight_bits,
                             result_fifo_depth=args.fifo_depth, act_buffer_depth=args.act_buffer,
@@ -153,9 +152,9 @@ def load_layer(ckpt: str, layer: str | None):
     """The compressed layer ``layer`` of checkpoint ``ckpt``."""
     from pathlib import Path
 
-    from ..checkpoint import read_record
+    from ..format.file import load_file
     from ..hw.config import HardwareError
-    from ..serialize import load_file
+    from ..models.checkpoint import read_record
 
     record = read_record(ckpt)
     names = list(record["compressed_layers"])
@@ -171,10 +170,10 @@ def load_layer(ckpt: str, layer: str | None):
 def cmd_simulate(args: argparse.Namespace) -> int:
     import torch
 
-    from ..compress import compress_weight
+    from ..compress.weight import compress_weight
+    from ..format.pattern import Pattern
     from ..hw.config import AcceleratorConfig, HardwareError
-    from ..hw.driver import simulate_layer
-    from ..pattern import Pattern
+    from ..hw.sim.driver import simulate_layer
 
     if args.batch < 1:
         raise HardwareError(f"--batch {args.batch}: accepted a positive number of tokens")
@@ -224,7 +223,7 @@ def cmd_simulate(args: argparse.Namespace) -> int:
 
 
 def cmd_synth(args: argparse.Namespace) -> int:
-    from ..hw.synth import synthesize
+    from ..hw.impl.synth import synthesize
 
     _say(args, f"synthesizing {args.design} with yosys (synth_xilinx -family xcup)")
     r = synthesize(args.design, timeout=args.timeout)
@@ -237,8 +236,8 @@ def cmd_synth(args: argparse.Namespace) -> int:
 
 
 def cmd_explore(args: argparse.Namespace) -> int:
-    from ..hw.explore import BOARDS, explore, format_front, parse_budget
-    from ..pattern import Pattern
+    from ..format.pattern import Pattern
+    from ..hw.estimate.explore import BOARDS, explore, format_front, parse_budget
 
     if args.list_boards:
         for name, b in BOARDS.items():

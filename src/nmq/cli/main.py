@@ -163,11 +163,12 @@ def build_parser() -> argparse.ArgumentParser:
 
 def cmd_compress(args: argparse.Namespace) -> int:
     from ..atomic import check_new_output
-    from ..checkpoint import save_checkpoint
-    from ..model import compress_model, load_source
-    from ..recipe import DEFAULT_IGNORE, Recipe
-    from ..summary import format_table, summarize
-    from ..weights import compress_weight_file, is_weight_file
+    from ..calibration.run import compress_model
+    from ..compress.recipe import DEFAULT_IGNORE, Recipe
+    from ..models.checkpoint import save_checkpoint
+    from ..models.sources import load_source
+    from ..models.summary import format_table, summarize
+    from ..models.weight_file import compress_weight_file, is_weight_file
 
     ignore = tuple(args.ignore) + (() if args.compress_lm_head else DEFAULT_IGNORE)
     recipe = Recipe(
@@ -185,8 +186,9 @@ def cmd_compress(args: argparse.Namespace) -> int:
         _say(args, f"loading {args.source}")
         model, source_dir = load_source(args.source, progress=not args.quiet, dtype=args.dtype)
         if recipe.needs_calibration:
-            from ..calibrate import Calibration, calibration_tokens, compress_model_calibrated
-            from ..text import ByteTokenizer, load_tokenizer
+            from ..calibration.data import Calibration, calibration_tokens
+            from ..calibration.run import compress_model_calibrated
+            from ..runtime.text import ByteTokenizer, load_tokenizer
 
             cal = Calibration(samples=args.samples, seq_len=args.seq_len, text=args.calibration)
             tok = load_tokenizer(source_dir, model.config.vocab_size)
@@ -205,7 +207,7 @@ def cmd_compress(args: argparse.Namespace) -> int:
 
 
 def cmd_inspect(args: argparse.Namespace) -> int:
-    from ..summary import format_table, summarize
+    from ..models.summary import format_table, summarize
 
     summary = summarize(args.path)
     print(json.dumps(summary, indent=2) if args.json else format_table(summary))
@@ -217,8 +219,8 @@ def cmd_eval(args: argparse.Namespace) -> int:
 
     import torch
 
-    from ..corpus import heldout_path
-    from ..evaluate import perplexity
+    from ..calibration.data import heldout_path
+    from ..runtime.evaluate import perplexity
 
     path = Path(args.perplexity) if args.perplexity else heldout_path()
     if not path.is_file():
@@ -243,9 +245,9 @@ def load_any(model: str, backend: str = "auto", path: str = "w4a16", progress: b
     """(model, tokenizer) from an nmq checkpoint, a Hugging Face directory or a built-in name."""
     from pathlib import Path
 
-    from ..checkpoint import load_model
-    from ..model import load_source
-    from ..text import load_tokenizer
+    from ..models.checkpoint import load_model
+    from ..models.sources import load_source
+    from ..runtime.text import load_tokenizer
 
     if (Path(model) / "nmq.json").exists():
         m, directory = load_model(model, backend=backend, path=path), Path(model)
@@ -256,8 +258,8 @@ def load_any(model: str, backend: str = "auto", path: str = "w4a16", progress: b
 
 def cmd_generate(args: argparse.Namespace) -> int:
     from ..backends import get_backend
-    from ..generate import generate_text
-    from ..linear import NMQLinear
+    from ..runtime.generate import generate_text
+    from ..runtime.linear import NMQLinear
 
     if args.max_new_tokens < 1:
         raise NMQError(f"--max-new-tokens {args.max_new_tokens}: accepted a positive number")
@@ -279,7 +281,7 @@ def cmd_generate(args: argparse.Namespace) -> int:
 
 
 def cmd_report(args: argparse.Namespace) -> int:
-    from ..report import build_report
+    from ..apps.report import build_report
 
     r = build_report(args.results, args.out)
     if args.json:
@@ -291,7 +293,7 @@ def cmd_report(args: argparse.Namespace) -> int:
 
 
 def cmd_demo(args: argparse.Namespace) -> int:
-    from ..demo import format_demo, run_demo
+    from ..apps.demo import format_demo, run_demo
 
     if args.tokens < 1:
         raise NMQError(f"--tokens {args.tokens}: accepted a positive number of tokens")

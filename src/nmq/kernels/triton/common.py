@@ -8,7 +8,7 @@ import triton.language as tl
 
 @triton.jit
 def read_bits(row_ptr, bitpos, row_bytes, mask, WIDTH: tl.constexpr):
-    """The WIDTH-bit code at stream bit ``bitpos`` of each row (nmq.bitpack layout), int32.
+    """The WIDTH-bit code at stream bit ``bitpos`` of each row (nmq.format.bitpack layout), int32.
 
     Widths that divide 8 never straddle a byte; 3-bit codes may, so those read
     the next byte too (masked at the row end, where a straddle cannot happen).

@@ -22,7 +22,7 @@ from dataclasses import dataclass
 import torch
 import triton
 
-from ...tensor import NMQTensor
+from ...format.tensor import NMQTensor
 from .dense_int4 import dense_int4_kernel
 from .nm_int4 import nm_int4_kernel
 

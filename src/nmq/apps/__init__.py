@@ -1,0 +1,1 @@
+"""Applications built on the layers above: the demo and the report."""

@@ -1,0 +1,1 @@
+"""Calibrated compression of whole models: calibration data, decoder blocks, Hessians, the block-by-block run."""

@@ -1,0 +1,1 @@
+"""Compressing one weight: the recipe, pruning and quantization methods, the OBS loop."""

@@ -1,0 +1,92 @@
+"""Recipe: what to compress in a model, and how.
+
+>>> r = Recipe(pattern="4:8", bits=4, group_size=64)
+>>> r.selects("model.layers.0.mlp.up_proj"), r.selects("lm_head")
+(True, False)
+>>> Recipe.from_dict(r.to_dict()) == r
+True
+"""
+
+from __future__ import annotations
+
+import re
+from dataclasses import asdict, dataclass, field, fields
+
+from ..errors import NMQError, RecipeError
+from ..format.pattern import Pattern, check_encoding
+from ..format.spec import QuantSpec
+from ..format.tensor import check_group
+from .methods import parse_method
+
+DEFAULT_IGNORE = (r"(^|\.)lm_head$",)
+
+
+@dataclass(frozen=True)
+class Recipe:
+    """Pattern and quantization for every ``nn.Linear`` whose name matches
+    ``targets`` (regex, searched) and none of ``ignore``. Embeddings and norms
+    are never compressed; ``lm_head`` is left dense unless removed from ``ignore``."""
+
+    pattern: str = "2:4"
+    bits: int = 4
+    group_size: int = 128
+    symmetric: bool = True
+    metadata: str = "rank"
+    method: str = "magnitude"
+    damp: float = 0.01
+    act_order: bool = False
+    targets: str = r".*"
+    ignore: tuple[str, ...] = field(default=DEFAULT_IGNORE)
+
+    def __post_init__(self) -> None:
+        try:
+            pat = Pattern.parse(self.pattern)
+            object.__setattr__(self, "pattern", str(pat))
+            QuantSpec(self.bits, self.group_size, self.symmetric)
+            check_group(pat, self.group_size)
+            check_encoding(self.metadata)
+        except NMQError as exc:
+            raise RecipeError(f"recipe: {exc}") from None
+        parse_method(self.method)
+        if not 0 < self.damp < 1:
+            raise RecipeError(f"recipe: damp {self.damp} is out of range; accepted: 0 < damp < 1 (default 0.01)")
+        object.__setattr__(self, "ignore", tuple(self.ignore))
+        for rx in (self.targets, *self.ignore):
+            try:
+                re.compile(rx)
+            except re.error as exc:
+                raise RecipeError(f"recipe: {rx!r} is not a valid regular expression ({exc})") from None
+
+    def selects(self, name: str) -> bool:
+        """Whether the linear layer called ``name`` is compressed."""
+        return re.search(self.targets, name) is not None and not any(re.search(rx, name) for rx in self.ignore)
+
+    def to_dict(self) -> dict:
+        d = asdict(self)
+        d["ignore"] = list(self.ignore)
+        return d
+
+    @classmethod
+    def from_dict(cls, d: dict) -> Recipe:
+        known = {f.name for f in fields(cls)}
+        unknown = set(d) - known
+        if unknown:
+            raise RecipeError(f"recipe: unknown field(s) {sorted(unknown)}; accepted: {sorted(known)}")
+        return cls(**d)
+
+    def compress_kwargs(self) -> dict:
+        """Arguments for :func:`nmq.compress_weight`."""
+        return {
+            "pattern": self.pattern,
+            "bits": self.bits,
+            "group_size": self.group_size,
+            "symmetric": self.symmetric,
+            "metadata": self.metadata,
+            "method": self.method,
+            "damp": self.damp,
+            "act_order": self.act_order,
+        }
+
+    @property
+    def needs_calibration(self) -> bool:
+        return parse_method(self.method).needs_calibration

@@ -1,0 +1,277 @@
+"""NMQTensor: the canonical compressed weight (DESIGN.md section 2, format 1).
+
+A logical weight ``W[out, in]`` with K = in the reduction dimension. K is
+padded with zeros to whole quantization groups (or, for one group per row, to
+whole M-groups); the original K is kept in ``shape``. Fields:
+
+* ``values``  uint8 ``[out, ceil(kept * bits / 8)]``: codes of the kept
+  weights, ascending K, packed little end first (:mod:`nmq.format.bitpack`);
+* ``meta``    uint8 ``[out, ...]``: kept positions per M-group, ``index`` or
+  ``rank`` encoded (:mod:`nmq.format.pattern`); no columns when N == M;
+* ``scales``  fp16 ``[out, groups]``;
+* ``zeros``   uint8 ``[out, ...]``: asymmetric zero codes, packed like values.
+
+Build one with :func:`nmq.compress_weight`; this module only knows the layout.
+
+>>> import torch, nmq
+>>> t = nmq.compress_weight(torch.randn(8, 256), pattern="2:4", bits=4, group_size=128)
+>>> t
+NMQTensor(shape=(8, 256), pattern=2:4, bits=4, group_size=128, symmetric, metadata=rank)
+>>> t.storage().bits_per_weight
+2.875
+>>> bool(((t.to_dense().reshape(8, 64, 4) != 0).sum(-1) <= 2).all())
+True
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+
+from ..errors import FormatError, QuantError
+from . import bitpack
+from .pattern import Pattern, check_encoding
+from .spec import QuantSpec, dequantize_groups
+from .storage import Storage
+
+
+@dataclass(eq=False)
+class NMQTensor:
+    """An N:M sparse, group-quantized weight in the canonical packed form."""
+
+    shape: tuple[int, int]
+    pattern: Pattern
+    bits: int
+    group_size: int
+    symmetric: bool
+    metadata: str
+    values: torch.Tensor
+    meta: torch.Tensor
+    scales: torch.Tensor
+    zeros: torch.Tensor | None = None
+
+    # -- geometry -----------------------------------------------------------
+
+    @property
+    def out_features(self) -> int:
+        return self.shape[0]
+
+    @property
+    def in_features(self) -> int:
+        return self.shape[1]
+
+    @property
+    def padded_in(self) -> int:
+        """K after padding to whole quantization groups (or whole M-groups)."""
+        return padded_k(self.in_features, self.pattern, self.group_size)
+
+    @property
+    def group(self) -> int:
+        """Effective quantization group length along K, in dense coordinates."""
+        return self.padded_in if self.group_size == -1 else self.group_size
+
+    @property
+    def groups(self) -> int:
+        """Quantization groups per row."""
+        return self.padded_in // self.group
+
+    @property
+    def kept_per_row(self) -> int:
+        return self.padded_in // self.pattern.m * self.pattern.n
+
+    @property
+    def quant_spec(self) -> QuantSpec:
+        return QuantSpec(self.bits, self.group_size, self.symmetric)
+
+    def __repr__(self) -> str:
+        sym = "symmetric" if self.symmetric else "asymmetric"
+        return (
+            f"NMQTensor(shape={tuple(self.shape)}, pattern={self.pattern}, bits={self.bits}, "
+            f"group_size={self.group_size}, {sym}, metadata={self.metadata})"
+        )
+
+    # -- decoding -----------------------------------------------------------
+
+    def codes(self) -> torch.Tensor:
+        """int32 codes of the kept weights ``[out, kept_per_row]``."""
+        return bitpack.unpack(self.values, self.bits, self.kept_per_row)
+
+    def zero_codes(self) -> torch.Tensor:
+        """int32 zero code of every group ``[out, groups]`` (``2**(bits-1)`` if symmetric)."""
+        if self.zeros is None:
+            return torch.full((self.out_features, self.groups), 1 << (self.bits - 1), dtype=torch.int32)
+        return bitpack.unpack(self.zeros, self.bits, self.groups)
+
+    def group_positions(self) -> torch.Tensor:
+        """Kept positions inside each M-group, int64 ``[out, padded_in // m, n]``, ascending."""
+        p, out = self.pattern, self.out_features
+        mgroups = self.padded_in // p.m
+        if p.is_dense:
+            return torch.arange(p.m).expand(out, mgroups, p.m)
+        per_group, width = p.meta_codes_per_group(self.metadata)
+        codes = bitpack.unpack(self.meta, width, mgroups * per_group)
+        if self.metadata == "index":
+            return codes.reshape(out, mgroups, p.n).long()
+        return p.rank_to_positions(codes.reshape(out, mgroups))
+
+    def positions(self) -> torch.Tensor:
+        """Dense K column of every kept weight, int64 ``[out, kept_per_row]``."""
+        pos = self.group_positions()
+        base = torch.arange(pos.shape[1]).mul_(self.pattern.m).reshape(1, -1, 1)
+        return (pos + base).reshape(self.out_features, self.kept_per_row)
+
+    def dequantized_values(self) -> torch.Tensor:
+        """fp32 value of every kept weight ``[out, kept_per_row]``."""
+        out, groups = self.out_features, self.groups
+        codes = self.codes().reshape(out, groups, -1)
+        zeros = None if self.zeros is None else self.zero_codes()
+        return dequantize_groups(codes, self.scales, zeros, self.quant_spec).reshape(out, -1)
+
+    def to_dense(self, dtype: torch.dtype = torch.float32) -> torch.Tensor:
+        """The logical weight ``[out, in]`` this tensor stands for."""
+        dense = torch.zeros(self.out_features, self.padded_in, dtype=torch.float32)
+        dense.scatter_(1, self.positions(), self.dequantized_values())
+        return dense[:, : self.in_features].to(dtype)
+
+    # -- re-encoding, accounting, persistence --------------------------------
+
+    def with_metadata(self, encoding: str) -> NMQTensor:
+        """The same tensor with its metadata in another encoding."""
+        check_encoding(encoding)
+        if encoding == self.metadata:
+            return self
+        meta = encode_meta(self.group_positions(), self.pattern, encoding)
+        return NMQTensor(self.shape, self.pattern, self.bits, self.group_size, self.symmetric,
+                         encoding, self.values, meta, self.scales, self.zeros)
+
+    def storage(self) -> Storage:
+        """Every stored bit, by field; padding is what exists only because of padding."""
+        out, k, p = self.out_features, self.in_features, self.pattern
+        real_mgroups = -(-k // p.m)
+        useful = {
+            "values": out * real_mgroups * p.n * self.bits,
+            "meta": out * real_mgroups * p.meta_bits(self.metadata),
+            "scales": self.scales.numel() * 16,
+            "zeros": 0 if self.zeros is None else out * self.groups * self.bits,
+        }
+        stored = self.nbytes * 8
+        fields = {name: bits for name, bits in useful.items() if bits or name in ("values", "scales")}
+        fields["padding"] = stored - sum(useful.values())
+        return Storage(weights=out * k, fields=fields)
+
+    @property
+    def nbytes(self) -> int:
+        """Bytes of all stored fields."""
+        return sum(t.numel() * t.element_size() for t in self.tensors().values())
+
+    def tensors(self) -> dict[str, torch.Tensor]:
+        """The stored fields by name (``zeros`` only when asymmetric)."""
+        out = {"values": self.values, "meta": self.meta, "scales": self.scales}
+        if self.zeros is not None:
+            out["zeros"] = self.zeros
+        return out
+
+    def header(self) -> dict:
+        """The JSON description stored beside the fields on disk."""
+        return {
+            "shape": list(self.shape),
+            "pattern": str(self.pattern),
+            "bits": self.bits,
+            "group_size": self.group_size,
+            "symmetric": self.symmetric,
+            "metadata": self.metadata,
+            "padded_in": self.padded_in,
+        }
+
+    def save(self, path: str | Path) -> None:
+        """Write this tensor to a safetensors file, atomically."""
+        from .file import save_file
+
+        save_file(path, compressed={"weight": self}, dense={})
+
+    def identical(self, other: NMQTensor) -> bool:
+        """Same header and bit-identical fields."""
+        if self.header() != other.header() or self.tensors().keys() != other.tensors().keys():
+            return False
+        return all(torch.equal(a, other.tensors()[n]) for n, a in self.tensors().items())
+
+    def validate(self, where: str = "NMQTensor") -> NMQTensor:
+        """Check every field against the header; raise FormatError naming the field."""
+        validate(self, where)
+        return self
+
+
+def padded_k(k: int, pattern: Pattern, group_size: int) -> int:
+    unit = pattern.m if group_size == -1 else group_size
+    return -(-k // unit) * unit
+
+
+def check_group(pattern: Pattern, group_size: int) -> None:
+    if group_size != -1 and (group_size < pattern.m or group_size % pattern.m):
+        raise QuantError(
+            f"group size {group_size} is not a multiple of M={pattern.m} (pattern {pattern}); "
+            f"accepted: a positive multiple of {pattern.m}, or -1 for one group per row"
+        )
+
+
+def encode_meta(group_positions: torch.Tensor, pattern: Pattern, encoding: str) -> torch.Tensor:
+    """Pack ascending in-group positions ``[out, mgroups, n]`` as metadata bytes."""
+    out, mgroups, _ = group_positions.shape
+    if pattern.is_dense:
+        return torch.zeros(out, 0, dtype=torch.uint8)
+    per_group, width = pattern.meta_codes_per_group(encoding)
+    if encoding == "index":
+        codes = group_positions.reshape(out, mgroups * per_group)
+    else:
+        codes = pattern.positions_to_rank(group_positions)
+    return bitpack.pack(codes, width)
+
+
+def validate(t: NMQTensor, where: str) -> None:
+    def fail(field: str, problem: str) -> None:
+        raise FormatError(f"{where}: field '{field}' {problem}")
+
+    shape = tuple(t.shape)
+    if len(shape) != 2 or not all(isinstance(d, int) and d > 0 for d in shape):
+        fail("shape", f"is {list(shape)}; accepted: two positive integers [out, in]")
+    if not isinstance(t.pattern, Pattern):
+        fail("pattern", f"is {t.pattern!r}; accepted: an N:M pattern")
+    try:
+        QuantSpec(t.bits, t.group_size, bool(t.symmetric))
+        check_group(t.pattern, t.group_size)
+        check_encoding(t.metadata)
+    except Exception as exc:  # re-raised with the location
+        fail("header", f"is invalid: {exc}")
+    out, p = t.out_features, t.pattern
+    mgroups = t.padded_in // p.m
+    per_group, width = p.meta_codes_per_group(t.metadata)
+    expected = {
+        "values": ((out, bitpack.packed_bytes(t.kept_per_row, t.bits)), torch.uint8),
+        "meta": ((out, bitpack.packed_bytes(mgroups * per_group, width) if width else 0), torch.uint8),
+        "scales": ((out, t.groups), torch.float16),
+    }
+    if not t.symmetric:
+        expected["zeros"] = ((out, bitpack.packed_bytes(t.groups, t.bits)), torch.uint8)
+    elif t.zeros is not None:
+        fail("zeros", "is present but the tensor is symmetric")
+    for name, (want_shape, want_dtype) in expected.items():
+        got = getattr(t, name)
+        if not isinstance(got, torch.Tensor):
+            fail(name, "is missing")
+        if got.dtype != want_dtype:
+            fail(name, f"has dtype {got.dtype}; expected {want_dtype}")
+        if tuple(got.shape) != want_shape:
+            fail(name, f"has shape {list(got.shape)}; expected {list(want_shape)}")
+    if not torch.isfinite(t.scales).all() or (t.scales < 0).any():
+        fail("scales", "holds a negative, NaN or infinite scale")
+    if not p.is_dense:
+        codes = bitpack.unpack(t.meta, width, mgroups * per_group)
+        if t.metadata == "index":
+            pos = codes.reshape(out, mgroups, p.n)
+            if (pos >= p.m).any() or (pos[..., 1:] <= pos[..., :-1]).any():
+                fail("meta", f"holds positions that are not ascending within 0..{p.m - 1}")
+        elif (codes >= math.comb(p.m, p.n)).any():
+            fail("meta", f"holds a rank outside 0..{math.comb(p.m, p.n) - 1} for pattern {p}")

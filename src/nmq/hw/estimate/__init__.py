@@ -1,0 +1,1 @@
+"""Estimates without simulation: the cycle model and design-space exploration."""

@@ -1,0 +1,1 @@
+"""Implementation on FPGA toolchains: synthesis for resource counts."""

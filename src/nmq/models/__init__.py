@@ -1,0 +1,1 @@
+"""Where models come from and where they go: sources, the built-in model, checkpoints, synthetic models."""

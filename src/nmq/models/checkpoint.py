@@ -1,0 +1,174 @@
+"""Checkpoint directories: write a compressed model, load it back as a working model.
+
+A checkpoint is a directory holding ``config.json`` (the model's own),
+tokenizer files if the source had any, ``model.nmq.safetensors`` (compressed
+and dense tensors, :mod:`nmq.format.file`) and ``nmq.json`` (the recipe and
+what was compressed). It is written under a temporary name and renamed into
+place, so a failed run leaves nothing that loads.
+
+>>> import nmq, tempfile, torch
+>>> model = nmq.compress_model(nmq.builtin_model(), progress=False)
+>>> out = tempfile.mkdtemp() + "/ckpt"
+>>> nmq.save_checkpoint(model, out).name
+'ckpt'
+>>> loaded = nmq.load_model(out)
+>>> ids = torch.tensor([[72, 105]])
+>>> torch.allclose(model(ids).logits, loaded(ids).logits)
+True
+"""
+
+from __future__ import annotations
+
+import json
+import shutil
+from pathlib import Path
+
+import torch
+
+from ..atomic import atomic_dir
+from ..compress.recipe import Recipe
+from ..errors import FormatError, ModelError
+from ..format.file import load_file, save_file
+from ..runtime.linear import NMQLinear
+from ..runtime.modules import set_submodule
+
+TENSORS_FILE = "model.nmq.safetensors"
+RECORD_FILE = "nmq.json"
+RECORD_FORMAT = "nmq-checkpoint"
+RECORD_VERSION = 1
+TOKENIZER_FILES = (
+    "tokenizer.json",
+    "tokenizer_config.json",
+    "tokenizer.model",
+    "special_tokens_map.json",
+    "vocab.json",
+    "merges.txt",
+    "generation_config.json",
+)
+
+
+def save_checkpoint(
+    model: torch.nn.Module, out_dir: str | Path, source_dir: str | Path | None = None,
+    source: str | None = None, overwrite: bool = False,
+) -> Path:
+    """Write ``model`` (with NMQLinear layers) as a checkpoint directory."""
+    compressed = {n: m.nmq_weight for n, m in model.named_modules() if isinstance(m, NMQLinear)}
+    released = [n for n, t in compressed.items() if t is None]
+    if released:
+        raise ModelError(f"layer {released[0]} kept only its packed form (release_source); "
+                       "save the model before releasing, or reload it")
+    dense: dict[str, torch.Tensor] = {}
+    tied: dict[str, str] = {}
+    seen: dict[tuple, str] = {}
+    for name, tensor in model.state_dict().items():
+        key = (tensor.untyped_storage().data_ptr(), tensor.storage_offset(), tuple(tensor.shape))
+        if key in seen:  # tied weights (e.g. lm_head and embeddings) are stored once
+            tied[name] = seen[key]
+            continue
+        seen[key] = name
+        dense[name] = tensor
+    recipe = getattr(model, "nmq_recipe", None)
+    record = {
+        "format": RECORD_FORMAT,
+        "version": RECORD_VERSION,
+        "recipe": recipe.to_dict() if isinstance(recipe, Recipe) else None,
+        "source": source,
+        "tensors": TENSORS_FILE,
+        "compressed_layers": sorted(compressed),
+        "tied": tied,
+    }
+    with atomic_dir(out_dir, overwrite=overwrite) as tmp:
+        model.config.to_json_file(str(tmp / "config.json"))
+        save_file(tmp / TENSORS_FILE, compressed, dense)
+        if source_dir is not None:
+            for fname in TOKENIZER_FILES:
+                if (Path(source_dir) / fname).is_file():
+                    shutil.copy2(Path(source_dir) / fname, tmp / fname)
+        (tmp / RECORD_FILE).write_text(json.dumps(record, indent=2) + "\n")
+    return Path(out_dir)
+
+
+def read_record(ckpt: str | Path) -> dict:
+    """The validated ``nmq.json`` of a checkpoint directory."""
+    ckpt = Path(ckpt)
+    path = ckpt / RECORD_FILE
+    if not ckpt.is_dir():
+        raise FormatError(f"{ckpt}: not a directory; accepted: an nmq checkpoint directory")
+    if not path.is_file():
+        raise FormatError(f"{ckpt}: no {RECORD_FILE}; not an nmq checkpoint (made by 'nmq compress')")
+    try:
+        record = json.loads(path.read_text())
+    except (json.JSONDecodeError, UnicodeDecodeError) as exc:
+        raise FormatError(f"{path}: not valid JSON ({exc})") from None
+    if not isinstance(record, dict) or record.get("format") != RECORD_FORMAT:
+        raise FormatError(f"{path}: field 'format' is not {RECORD_FORMAT!r}")
+    version = record.get("version")
+    if not isinstance(version, int) or version > RECORD_VERSION:
+        raise FormatError(f"{path}: field 'version' is {version!r}; this nmq reads versions up to {RECORD_VERSION} (upgrade nmq)")
+    for key, kind in (("tensors", str), ("compressed_layers", list), ("tied", dict)):
+        if not isinstance(record.get(key), kind):
+            raise FormatError(f"{path}: field '{key}' is missing or not a {kind.__name__}")
+    if Path(record["tensors"]).name != record["tensors"]:
+        raise FormatError(f"{path}: field 'tensors' must name a file inside the checkpoint")
+    return record
+
+
+def load_model(ckpt: str | Path, backend: str = "auto", path: str = "w4a16") -> torch.nn.Module:
+    """Load a checkpoint directory as a working model (``generate`` works).
+
+    The model skeleton is built without allocating dense weights, so loading
+    never holds a dense copy of a compressed layer.
+    """
+    from transformers import AutoConfig, AutoModelForCausalLM
+
+    ckpt = Path(ckpt)
+    record = read_record(ckpt)
+    if not (ckpt / "config.json").is_file():
+        raise FormatError(f"{ckpt}: config.json is missing")
+    tensors = load_file(ckpt / record["tensors"])
+    if sorted(tensors.compressed) != sorted(record["compressed_layers"]):
+        raise FormatError(f"{ckpt}: {RECORD_FILE} lists layers that {record['tensors']} does not hold")
+    try:
+        config = AutoConfig.from_pretrained(str(ckpt), local_files_only=True)
+        with torch.device("meta"):
+            model = AutoModelForCausalLM.from_config(config)
+    except Exception as exc:
+        raise ModelError(f"{ckpt}/config.json: cannot build the model ({' '.join(str(exc).split())[:300]})") from None
+    dense = dict(tensors.dense)
+    for name, t in tensors.compressed.items():
+        try:
+            old = model.get_submodule(name)
+        except AttributeError:
+            raise FormatError(f"{ckpt}: compressed layer {name!r} does not exist in the model") from None
+        if not isinstance(old, torch.nn.Linear) or (old.out_features, old.in_features) != tuple(t.shape):
+            raise FormatError(f"{ckpt}: compressed layer {name!r} {list(t.shape)} does not match the model's {old}")
+        set_submodule(model, name, NMQLinear(t, dense.pop(f"{name}.bias", None), backend=backend, path=path))
+    for name, source in record["tied"].items():
+        if source in dense:
+            dense[name] = dense[source]
+    result = model.load_state_dict(dense, strict=False, assign=True)
+    if result.unexpected_keys:
+        raise FormatError(f"{ckpt}: tensors {result.unexpected_keys[:3]} do not belong to the model")
+    materialize_buffers(model)
+    missing = [n for n, p in list(model.named_parameters()) + list(model.named_buffers()) if p.is_meta]
+    if missing:
+        raise FormatError(f"{ckpt}: the checkpoint lacks {missing[:3]}")
+    if record["recipe"] is not None:
+        model.nmq_recipe = Recipe.from_dict(record["recipe"])
+    for m in model.modules():
+        if isinstance(m, NMQLinear):
+            m.prepack()
+    return model.eval()
+
+
+def materialize_buffers(model: torch.nn.Module) -> None:
+    """Rebuild modules whose only unloaded state is computed at init (rotary tables)."""
+    for name, module in list(model.named_modules()):
+        own_meta = [b for b in module.buffers(recurse=False) if b.is_meta]
+        own_params = list(module.parameters(recurse=False))
+        if own_meta and not own_params:
+            try:
+                fresh = type(module)(config=model.config)
+            except Exception:
+                continue
+            set_submodule(model, name, fresh)

@@ -1,0 +1,1 @@
+"""Running compressed models in PyTorch: NMQLinear, the lean decoder, generation, evaluation, tokenizers."""

@@ -1,0 +1,145 @@
+"""Text generation with timing: prefill, per-token decode latency, tokens/s.
+
+LLaMA-architecture models decode on :class:`nmq.runtime.decoder.LlamaDecoder` (a KV
+cache and only the ops the arithmetic needs), others on their own
+``generate``; compressed layers run on the chosen backend. Tokens stream to a
+callback as they are produced.
+
+>>> import nmq
+>>> from nmq.runtime.text import ByteTokenizer
+>>> r = generate_text(nmq.builtin_model(), ByteTokenizer(), "def ", max_new_tokens=4)
+>>> len(r.token_ids), r.prefill_ms > 0
+(4, True)
+"""
+
+from __future__ import annotations
+
+import statistics
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+
+import torch
+
+from .decoder import LlamaDecoder, supports
+
+
+@dataclass
+class Generation:
+    prompt: str
+    text: str
+    token_ids: list[int]
+    prompt_tokens: int
+    prefill_ms: float
+    decode_ms: list[float] = field(default_factory=list)
+
+    @property
+    def ms_per_token(self) -> float:
+        return statistics.median(self.decode_ms) if self.decode_ms else float("nan")
+
+    @property
+    def tokens_per_s(self) -> float:
+        return 1000.0 / self.ms_per_token if self.decode_ms else float("nan")
+
+    def to_dict(self) -> dict:
+        return {"prompt": self.prompt, "text": self.text, "token_ids": self.token_ids,
+                "prompt_tokens": self.prompt_tokens, "new_tokens": len(self.token_ids),
+                "prefill_ms": self.prefill_ms, "ms_per_token": self.ms_per_token, "tokens_per_s": self.tokens_per_s}
+
+
+class _Streamer:
+    """Receives the prompt, then one token per step, from ``generate``; records when each arrived."""
+
+    def __init__(self, tokenizer, on_text: Callable[[str], None] | None) -> None:
+        self.tokenizer, self.on_text = tokenizer, on_text
+        self.times: list[float] = []
+        self.ids: list[int] = []
+        self.shown = ""
+        self.prompt_seen = False
+
+    def put(self, value: torch.Tensor) -> None:
+        if not self.prompt_seen:
+            self.prompt_seen = True
+            return
+        self.times.append(time.perf_counter())
+        self.ids.extend(value.reshape(-1).tolist())
+        if self.on_text is not None:
+            text = self.tokenizer.decode(self.ids)
+            # hold back an incomplete UTF-8 sequence until its last byte arrives
+            stable = text.rstrip("\ufffd")
+            if len(stable) > len(self.shown):
+                self.on_text(stable[len(self.shown):])
+                self.shown = stable
+
+    def end(self) -> None:
+        if self.on_text is not None:
+            text = self.tokenizer.decode(self.ids)
+            if len(text) > len(self.shown):
+                self.on_text(text[len(self.shown):])
+            self.shown = text
+
+
+def _eos_ids(model) -> list[int]:
+    eos = getattr(getattr(model, "generation_config", None), "eos_token_id", None)
+    return [] if eos is None else [eos] if isinstance(eos, int) else list(eos)
+
+
+@torch.no_grad()
+def _lean_generate(model, ids: torch.Tensor, max_new_tokens: int, streamer: _Streamer, temperature: float) -> None:
+    """What ``model.generate`` does here (exactly ``max_new_tokens``, so end-of-sequence is never chosen), on
+    :class:`nmq.runtime.decoder.LlamaDecoder`."""
+    dec = LlamaDecoder(model, ids.shape[1] + max_new_tokens)
+    eos = _eos_ids(model)
+    streamer.put(ids)
+    token = ids
+    for _ in range(max_new_tokens):
+        logits = dec.step(token)
+        if eos:
+            logits[eos] = float("-inf")
+        if temperature > 0:
+            nxt = torch.multinomial(torch.softmax(logits / temperature, dim=-1), 1)
+        else:
+            nxt = logits.argmax().reshape(1)
+        streamer.put(nxt)
+        token = nxt.view(1, 1)
+    streamer.end()
+
+
+@torch.no_grad()
+def generate_ids(model, ids: torch.Tensor, max_new_tokens: int = 64, tokenizer=None, on_text=None,
+                 temperature: float = 0.0, seed: int = 0, decoder: str = "auto") -> Generation:
+    """Continue token ids ``[1, prompt]`` by exactly ``max_new_tokens``, timing each step.
+
+    ``decoder``: ``auto`` runs LLaMA-architecture models on :class:`nmq.runtime.decoder.LlamaDecoder` and others on
+    their own ``generate``; ``hf`` always uses ``generate``.
+    """
+    if decoder not in ("auto", "hf"):
+        raise ValueError(f"decoder must be 'auto' or 'hf', got {decoder!r}")
+    streamer = _Streamer(tokenizer, on_text if tokenizer is not None else None)
+    sample = temperature > 0
+    torch.manual_seed(seed)
+    start = time.perf_counter()
+    if decoder == "auto" and supports(model) and ids.shape[0] == 1:
+        _lean_generate(model, ids, max_new_tokens, streamer, temperature)
+    else:
+        model.generate(ids, attention_mask=torch.ones_like(ids), max_new_tokens=max_new_tokens,
+                       min_new_tokens=max_new_tokens, do_sample=sample, temperature=temperature if sample else None,
+                       top_p=None, top_k=None, streamer=streamer, pad_token_id=0)
+    times = [start] + streamer.times
+    return Generation(
+        prompt="",
+        text=tokenizer.decode(streamer.ids) if tokenizer is not None else "",
+        token_ids=streamer.ids,
+        prompt_tokens=ids.shape[1],
+        prefill_ms=(times[1] - times[0]) * 1000 if len(times) > 1 else float("nan"),
+        decode_ms=[(b - a) * 1000 for a, b in zip(times[1:], times[2:])],
+    )
+
+
+def generate_text(model, tokenizer, prompt: str, max_new_tokens: int = 64, on_text=None,
+                  temperature: float = 0.0, seed: int = 0) -> Generation:
+    """Greedy (or, with ``temperature`` > 0, sampled) continuation of ``prompt``."""
+    ids = torch.tensor([tokenizer.encode(prompt)], dtype=torch.long)
+    r = generate_ids(model, ids, max_new_tokens, tokenizer, on_text, temperature, seed)
+    r.prompt = prompt
+    return r

@@ -1,0 +1,70 @@
+import json
+
+import pytest
+import torch
+
+import nmq
+from nmq.bench.e2e import run_one
+from nmq.cli.main import main
+from nmq.compress.prune import is_nm_sparse
+from nmq.format.pattern import Pattern
+from nmq.models.synthetic import llama_model, random_nmq_tensor
+from nmq.shapes import SHAPES
+
+
+@pytest.mark.parametrize("pattern,bits,symmetric", [("2:4", 4, True), ("4:8", 4, False), ("dense", 8, True), ("3:7", 3, True)])
+def test_random_tensors_are_valid(pattern, bits, symmetric):
+    p = Pattern.parse(pattern)
+    t = random_nmq_tensor(24, 300, p, bits, 7 * 16 if p.m == 7 else 64, symmetric, "rank", torch.Generator().manual_seed(0))
+    t.validate()
+    dense = t.to_dense()
+    assert is_nm_sparse(dense, p) and dense.abs().sum() > 0
+    assert 0.005 < float(dense[dense != 0].std()) < 0.05
+
+
+def test_synthetic_model_has_no_dense_copy_of_compressed_layers():
+    model = llama_model(SHAPES["tiny"], nmq.Recipe(pattern="2:4", group_size=128), seed=1)
+    assert not any(isinstance(m, torch.nn.Linear) for n, m in model.named_modules() if "layers." in n)
+    assert isinstance(model.lm_head, torch.nn.Linear)
+    with torch.no_grad():
+        out = model.generate(torch.tensor([[5, 6]]), max_new_tokens=3, do_sample=False)
+    assert out.shape == (1, 5)
+
+
+def test_e2e_record():
+    r = run_one("nmq-4:8-int4", "tiny", prompt_tokens=4, new_tokens=3, backend="reference", threads=None)
+    assert {"config", "ms_per_token", "tokens_per_s", "prefill_ms", "peak_rss_gb", "backend"} <= set(r)
+    assert r["backend"] == "reference" and len(r["decode_ms"]) == 2 and r["tokens_per_s"] > 0
+
+
+def test_e2e_cli_rejects_unknown_configs(capsys):
+    assert main(["bench", "e2e", "--configs", "nmq-9:8-int4"]) == 2
+    assert "accepted" in capsys.readouterr().err
+
+
+def test_fpga_rows_come_from_the_cycle_model():
+    from nmq.bench.e2e import fpga_estimate
+
+    dense = fpga_estimate("fpga-model-dense-int4", "llama-7b")
+    sparse = fpga_estimate("fpga-model-2:4-int4", "llama-7b")
+    assert sparse["backend"] == "fpga-cycle-model" and sparse["peak_rss_gb"] is None
+    assert sparse["tokens_per_s"] > dense["tokens_per_s"] > 0
+    assert sparse["cycles_per_token"] < dense["cycles_per_token"]
+
+
+def test_e2e_nmq_configs_take_turns_in_their_own_processes(capsys):
+    """Side by side: one process per configuration (own peak RSS), every round from each, in rotating order."""
+    assert main(["bench", "e2e", "--model", "tiny", "--configs", "nmq-2:4-int4,nmq-dense-int4", "--backend",
+                 "reference", "--rounds", "3", "--new-tokens", "3", "--prompt-tokens", "4", "--json", "--quiet"]) == 0
+    records = json.loads(capsys.readouterr().out)
+    assert [r["config"] for r in records] == ["nmq-2:4-int4", "nmq-dense-int4"]
+    for r in records:
+        assert r["interleaved"] and r["rounds"] == 3 and len(r["round_ms"]) == 3 and len(r["decode_ms"]) == 6
+        assert r["backend"] == "reference" and r["tokens_per_s"] > 0 and r["peak_rss_gb"] > 0
+
+
+def test_e2e_worker_failure_is_one_clear_line(capsys):
+    assert main(["bench", "e2e", "--model", "tiny", "--configs", "nmq-2:4-int4,nmq-dense-int4", "--backend",
+                 "nonesuch", "--rounds", "1", "--new-tokens", "2", "--quiet"]) == 2
+    err = capsys.readouterr().err
+    assert "configuration nmq-2:4-int4 failed" in err and "nonesuch" in err and "Traceback" not in err
