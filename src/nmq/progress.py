@@ -1,7 +1,8 @@
-"""Progress bars for long work (counts and rate on stderr); silent when disabled."""
+"""Progress for long work on stderr: bars with counts, rate and ETA, and one-line messages; silent when disabled."""
 
 from __future__ import annotations
 
+import sys
 from collections.abc import Iterable, Iterator
 from typing import TypeVar
 
@@ -17,3 +18,9 @@ def progress(items: Iterable[T], total: int | None = None, desc: str = "", enabl
     with tqdm(items, total=total, desc=desc, unit="layer", leave=False, dynamic_ncols=True) as bar:
         for item in bar:
             yield item
+
+
+def say(text: str, enabled: bool = True) -> None:
+    """One progress line on stderr (stdout stays for results and ``--json``)."""
+    if enabled:
+        print(text, file=sys.stderr, flush=True)

@@ -35,6 +35,8 @@ import time
 
 import torch
 
+from ..progress import say
+
 CONFIGS = {
     "torch-bf16": None,
     "torch-fp32": None,
@@ -232,7 +234,7 @@ def cmd_e2e(args: argparse.Namespace) -> int:
         if config.startswith("fpga-model-"):
             records[config] = fpga_estimate(config, args.model)
             continue
-        _say(args, f"{config}: building {args.model}, then {args.rounds} rounds of {args.new_tokens} tokens ...")
+        say(f"{config}: building {args.model}, then {args.rounds} rounds of {args.new_tokens} tokens ...", not args.quiet)
         proc = subprocess.run(_command(config, args, "--one"), capture_output=True, text=True, env=_env())
         if proc.returncode != 0:
             raise NMQError(f"configuration {config} failed: {_last_line(proc.stderr) or proc.returncode}")
@@ -244,11 +246,6 @@ def cmd_e2e(args: argparse.Namespace) -> int:
     else:
         print(format_table(ordered))
     return 0
-
-
-def _say(args: argparse.Namespace, text: str) -> None:
-    if not args.quiet:
-        print(text, file=sys.stderr, flush=True)
 
 
 def _env() -> dict:
@@ -310,12 +307,12 @@ def _interleaved(configs: list[str], args: argparse.Namespace) -> dict[str, dict
     workers: list[_Worker] = []
     try:
         for config in configs:  # one build at a time: a build uses every core
-            _say(args, f"{config}: building {args.model} ...")
+            say(f"{config}: building {args.model} ...", not args.quiet)
             workers.append(_Worker(config, args))
         for w in workers:
             w.ask("warmup")
         for r in range(args.rounds):
-            _say(args, f"round {r + 1}/{args.rounds}: {args.new_tokens} tokens from each of {', '.join(configs)}")
+            say(f"round {r + 1}/{args.rounds}: {args.new_tokens} tokens from each of {', '.join(configs)}", not args.quiet)
             for w in workers[r % len(workers):] + workers[: r % len(workers)]:  # rotating order
                 w.ask("round")
         records = {}

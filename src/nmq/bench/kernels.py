@@ -41,11 +41,8 @@ from typing import Callable
 import torch
 
 from ..errors import NMQError
+from ..shapes import linear_shapes, parse_shape
 
-LLAMA_7B = [
-    ("q_proj", 4096, 4096), ("k_proj", 4096, 4096), ("v_proj", 4096, 4096), ("o_proj", 4096, 4096),
-    ("gate_proj", 11008, 4096), ("up_proj", 11008, 4096), ("down_proj", 4096, 11008),
-]
 NMQ_KERNELS = {"nmq-2:4-int4": "2:4", "nmq-4:8-int4": "4:8", "nmq-1:4-int4": "1:4", "nmq-dense-int4": "dense"}
 BASELINES = ("torch-fp32", "torch-bf16", "torch-int4pack", "ort-matmulnbits")
 ALL_KERNELS = tuple(NMQ_KERNELS) + BASELINES
@@ -391,16 +388,10 @@ def _loop(items, op):
 
 def _shapes(args) -> list[tuple[str, int, int]]:
     if args.shape:
-        try:
-            o, i = (int(v) for v in args.shape.lower().split("x"))
-        except ValueError:
-            raise BenchError(f"--shape {args.shape!r}: accepted: OUTxIN, e.g. 4096x4096") from None
-        if o < 1 or i < 1:
-            raise BenchError(f"--shape {args.shape!r}: both sizes must be positive")
-        return [("matrix", o, i)]
+        return [("matrix", *parse_shape(args.shape, error=BenchError))]
     if args.shapes != "llama-7b":
         raise BenchError(f"--shapes {args.shapes!r} is unknown; accepted: llama-7b (or --shape OUTxIN)")
-    return list(LLAMA_7B)
+    return linear_shapes("llama-7b")
 
 
 def _ints(text: str, option: str) -> list[int]:

@@ -8,9 +8,11 @@ from __future__ import annotations
 
 import argparse
 import json
-import sys
 import textwrap
 import time
+
+from ..progress import say
+from .common import chatty
 
 EXAMPLES = {
     "generate": """
@@ -111,10 +113,6 @@ def _config_options(p: argparse.ArgumentParser) -> None:
     p.add_argument("--bandwidth-gbs", type=float, default=19.2, help="assumed off-chip bandwidth in GB/s (default 19.2)")
 
 
-def _say(args: argparse.Namespace, text: str) -> None:
-    if not args.quiet and not args.json:
-        print(text, file=sys.stderr)
-
 
 def cmd_generate(args: argparse.Namespace) -> int:
     from ..hw.config import AcceleratorConfig
@@ -124,7 +122,7 @@ def cmd_generate(args: argparse.Namespace) -> int:
                             result_fifo_depth=args.fifo_depth, act_buffer_depth=args.act_buffer,
                             clock_mhz=args.clock_mhz,
                             bandwidth_gbs=args.bandwidth_gbs)
-    _say(args, f"generating {cfg.name} into {args.output}")
+    say(f"generating {cfg.name} into {args.output}", chatty(args))
     info = generate(cfg, args.output, lint=not args.no_lint)
     if args.json:
         print(json.dumps(info, indent=2))
@@ -134,18 +132,6 @@ def cmd_generate(args: argparse.Namespace) -> int:
         print(f"wrote {info['verilog']}, config.json, README.md ({cfg.rows}x{cfg.cols} PEs, max M {cfg.max_m}, "
               f"{cfg.weight_bits}-bit weights); verilator lint: {verdict}")
     return 0 if info["lint"] is None or info["lint"]["clean"] is not False else 1
-
-
-def _parse_shape(text: str) -> tuple[int, int]:
-    from ..hw.config import HardwareError
-
-    try:
-        out, k = (int(v) for v in text.lower().split("x"))
-        if out < 1 or k < 1:
-            raise ValueError
-    except ValueError:
-        raise HardwareError(f"--shape {text!r}: accepted OUTxIN with two positive integers, e.g. 4096x4096") from None
-    return out, k
 
 
 def load_layer(ckpt: str, layer: str | None):
@@ -173,6 +159,7 @@ def cmd_simulate(args: argparse.Namespace) -> int:
     from ..compress.weight import compress_weight
     from ..format.pattern import Pattern
     from ..hw.config import AcceleratorConfig, HardwareError
+    from ..shapes import parse_shape
     from ..hw.sim.driver import simulate_layer
 
     if args.batch < 1:
@@ -183,16 +170,16 @@ def cmd_simulate(args: argparse.Namespace) -> int:
         t = load_layer(args.checkpoint, args.layer)
         source = f"{args.checkpoint}:{args.layer}"
     else:
-        out, k = _parse_shape(args.shape)
+        out, k = parse_shape(args.shape, error=HardwareError)
         if Pattern.parse(args.pattern).m > cfg.max_m:
             raise HardwareError(f"pattern {args.pattern}: M exceeds the design's max M {cfg.max_m}; accepted "
                                 f"patterns with M <= {cfg.max_m}, or generate with a larger --max-m")
-        _say(args, f"compressing a random {out}x{k} weight to {args.pattern}, {args.bits} bit")
+        say(f"compressing a random {out}x{k} weight to {args.pattern}, {args.bits} bit", chatty(args))
         t = compress_weight(torch.randn(out, k, generator=gen), pattern=args.pattern, bits=args.bits,
                             group_size=args.group_size)
         source = "random"
     x = torch.randn(args.batch, t.in_features, generator=gen)
-    _say(args, f"simulating {list(t.shape)} {t.pattern} x {args.batch} token(s) with {args.backend}")
+    say(f"simulating {list(t.shape)} {t.pattern} x {args.batch} token(s) with {args.backend}", chatty(args))
     t0 = time.perf_counter()
     run = simulate_layer(args.design, t, x, backend=args.backend)
     total = time.perf_counter() - t0
@@ -225,7 +212,7 @@ def cmd_simulate(args: argparse.Namespace) -> int:
 def cmd_synth(args: argparse.Namespace) -> int:
     from ..hw.impl.synth import synthesize
 
-    _say(args, f"synthesizing {args.design} with yosys (synth_xilinx -family xcup)")
+    say(f"synthesizing {args.design} with yosys (synth_xilinx -family xcup)", chatty(args))
     r = synthesize(args.design, timeout=args.timeout)
     if args.json:
         print(json.dumps(r, indent=2))

@@ -12,6 +12,8 @@ import sys
 import textwrap
 
 from ..errors import NMQError
+from ..progress import say
+from .common import chatty
 
 EXAMPLES = {
     "compress": """
@@ -183,7 +185,7 @@ def cmd_compress(args: argparse.Namespace) -> int:
                            "(or call nmq.compress_weight(w, method=..., inputs=X) from Python)")
         compress_weight_file(args.source, args.output, recipe, overwrite=args.overwrite)
     else:
-        _say(args, f"loading {args.source}")
+        say(f"loading {args.source}", chatty(args))
         model, source_dir = load_source(args.source, progress=not args.quiet, dtype=args.dtype)
         if recipe.needs_calibration:
             from ..calibration.data import Calibration, calibration_tokens
@@ -301,10 +303,6 @@ def cmd_demo(args: argparse.Namespace) -> int:
     print(json.dumps(result, indent=2) if args.json else format_demo(result))
     return 0 if result["check_passed"] else 1
 
-
-def _say(args: argparse.Namespace, text: str) -> None:
-    if not args.quiet and not getattr(args, "json", False):
-        print(text, file=sys.stderr)
 
 
 def main(argv: list[str] | None = None) -> int:

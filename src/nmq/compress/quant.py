@@ -35,7 +35,7 @@ from dataclasses import dataclass
 import torch
 
 from ..errors import QuantError
-from ..format.spec import QuantSpec, dequantize_groups
+from ..format.spec import QuantSpec
 
 FP16_MAX = 65504.0
 

@@ -32,6 +32,7 @@ from __future__ import annotations
 import math
 from dataclasses import asdict, dataclass
 
+from ...shapes import SHAPES, linear_shapes
 from ..config import AcceleratorConfig
 
 DRAIN = 3
@@ -90,23 +91,14 @@ def layer_cycles(cfg: AcceleratorConfig, out_features: int, padded_in: int, toke
 
 
 # Linear layers of one LLaMA decoder block: (name, out, in); lm_head kept apart (usually left dense).
-LLAMA_SHAPES = {
-    "llama-7b": {"hidden": 4096, "intermediate": 11008, "layers": 32, "vocab": 32000},
-    "llama-13b": {"hidden": 5120, "intermediate": 13824, "layers": 40, "vocab": 32000},
-    "llama2-7b": {"hidden": 4096, "intermediate": 11008, "layers": 32, "vocab": 32000},
-}
-
-
 def model_layers(model: str) -> list[tuple[str, int, int, int]]:
-    """``(name, out, in, count)`` of every compressed linear layer of ``model``."""
+    """``(name, out, in, count)`` of every compressed linear layer of ``model`` (one of :data:`nmq.shapes.SHAPES`)."""
     from ..config import HardwareError
 
-    if model not in LLAMA_SHAPES:
-        raise HardwareError(f"model {model!r} is unknown to the cycle model; accepted: {', '.join(LLAMA_SHAPES)}")
-    d = LLAMA_SHAPES[model]
-    h, i, n = d["hidden"], d["intermediate"], d["layers"]
-    return [("q_proj", h, h, n), ("k_proj", h, h, n), ("v_proj", h, h, n), ("o_proj", h, h, n),
-            ("gate_proj", i, h, n), ("up_proj", i, h, n), ("down_proj", h, i, n)]
+    if model not in SHAPES:
+        raise HardwareError(f"model {model!r} is unknown to the cycle model; accepted: {', '.join(SHAPES)}")
+    n = SHAPES[model]["num_hidden_layers"]
+    return [(name, out, k, n) for name, out, k in linear_shapes(model)]
 
 
 def model_estimate(cfg: AcceleratorConfig, model: str = "llama-7b", pattern: tuple[int, int] = (2, 4),
