@@ -15,7 +15,7 @@ from .calibration.run import compress_model
 from .compress.recipe import Recipe
 from .compress.weight import compress_weight
 from .errors import NMQError
-from .format.file import load_tensor
+from .format.load import load_tensor
 from .format.pattern import Pattern
 from .format.tensor import NMQTensor
 from .models.builtin import builtin_model

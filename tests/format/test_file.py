@@ -7,6 +7,7 @@ import torch
 import nmq
 from nmq.errors import FormatError
 from nmq.format import file as serialize
+from nmq.format.load import load_file
 
 
 @pytest.fixture
@@ -115,7 +116,7 @@ def test_mixed_file_round_trip(tmp_path):
     t = nmq.compress_weight(torch.randn(8, 32), pattern="4:8", group_size=32)
     dense = {"norm.weight": torch.randn(32), "emb": torch.randn(4, 8).bfloat16()}
     serialize.save_file(tmp_path / "m.safetensors", {"layer": t}, dense)
-    back = serialize.load_file(tmp_path / "m.safetensors")
+    back = load_file(tmp_path / "m.safetensors")
     assert back.compressed["layer"].identical(t)
     assert all(torch.equal(back.dense[k], v) for k, v in dense.items())
     with pytest.raises(FormatError, match="exactly one"):

@@ -138,7 +138,7 @@ def load_layer(ckpt: str, layer: str | None):
     """The compressed layer ``layer`` of checkpoint ``ckpt``."""
     from pathlib import Path
 
-    from ..format.file import load_file
+    from ..format.load import load_file
     from ..hw.config import HardwareError
     from ..models.checkpoint import read_record
 

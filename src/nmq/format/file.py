@@ -25,8 +25,6 @@ import torch
 
 from ..atomic import atomic_file
 from ..errors import FormatError
-from .pattern import Pattern
-from .tensor import NMQTensor
 
 FORMAT_NAME = "nmq"
 FORMAT_VERSION = 1
@@ -34,15 +32,16 @@ HEADER_FIELDS = ("shape", "pattern", "bits", "group_size", "symmetric", "metadat
 
 
 @dataclass
-class TensorFile:
-    """What one nmq safetensors file holds."""
+class RawFile:
+    """What one nmq file holds before its compressed tensors are built: header entry and fields per name."""
 
-    compressed: dict[str, NMQTensor] = field(default_factory=dict)
+    path: Path
+    compressed: dict[str, tuple[dict, dict[str, torch.Tensor]]] = field(default_factory=dict)
     dense: dict[str, torch.Tensor] = field(default_factory=dict)
 
 
-def save_file(path: str | Path, compressed: dict[str, NMQTensor], dense: dict[str, torch.Tensor]) -> None:
-    """Write compressed and dense tensors to ``path`` atomically."""
+def save_file(path: str | Path, compressed: dict, dense: dict[str, torch.Tensor]) -> None:
+    """Write compressed tensors (NMQTensors: anything with ``header()`` and ``tensors()``) and dense ones to ``path`` atomically."""
     from safetensors.torch import save_file as st_save
 
     tensors: dict[str, torch.Tensor] = {}
@@ -77,8 +76,8 @@ def _unshare(tensors: dict[str, torch.Tensor]) -> None:
         seen.add(ptr)
 
 
-def load_file(path: str | Path) -> TensorFile:
-    """Read and validate an nmq safetensors file; FormatError names what is wrong."""
+def read_file(path: str | Path) -> RawFile:
+    """Read an nmq safetensors file and check its description and checksums; FormatError names what is wrong."""
     from safetensors import safe_open
 
     path = Path(path)
@@ -94,21 +93,19 @@ def load_file(path: str | Path) -> TensorFile:
     except Exception as exc:  # safetensors raises several types for a damaged file
         raise FormatError(f"{path}: not a readable safetensors file ({_one_line(exc)})") from None
     desc = _read_description(path, meta)
-    result = TensorFile()
+    result = RawFile(path)
     used: set[str] = set()
     for name, entry in desc["compressed"].items():
         where = f"{path}: tensor '{name}'"
-        fields = _compressed_fields(entry, where)
         parts = {}
-        for fname in fields:
+        for fname in _compressed_fields(entry, where):
             key = f"{name}.{fname}"
             if key not in raw:
                 raise FormatError(f"{where}: field '{fname}' is missing from the file")
             _check_crc(raw[key], entry, fname, where)
             parts[fname] = raw[key]
             used.add(key)
-        t = _tensor_from(entry, parts, where)
-        result.compressed[name] = t.validate(where)
+        result.compressed[name] = (entry, parts)
     for name, entry in desc["dense"].items():
         if name not in raw:
             raise FormatError(f"{path}: dense tensor '{name}' is missing from the file")
@@ -121,17 +118,6 @@ def load_file(path: str | Path) -> TensorFile:
     if extra:
         raise FormatError(f"{path}: tensors {sorted(extra)[:3]} are not described in the nmq header")
     return result
-
-
-def load_tensor(path: str | Path) -> NMQTensor:
-    """Load the single compressed weight written by ``NMQTensor.save``."""
-    f = load_file(path)
-    if len(f.compressed) != 1:
-        raise FormatError(
-            f"{path}: holds {len(f.compressed)} compressed tensors; load_tensor reads a file with exactly one "
-            "(use nmq.load_model for a checkpoint directory)"
-        )
-    return next(iter(f.compressed.values()))
 
 
 def _read_description(path: Path, meta: dict) -> dict:
@@ -167,37 +153,6 @@ def _compressed_fields(entry: dict, where: str) -> list[str]:
         if key not in entry:
             raise FormatError(f"{where}: header field '{key}' is missing")
     return ["values", "meta", "scales"] + ([] if entry["symmetric"] else ["zeros"])
-
-
-def _tensor_from(entry: dict, parts: dict, where: str) -> NMQTensor:
-    try:
-        pattern = Pattern.parse(entry["pattern"])
-    except Exception as exc:
-        raise FormatError(f"{where}: header field 'pattern' is invalid ({exc})") from None
-    shape = entry["shape"]
-    if not (isinstance(shape, list) and len(shape) == 2 and all(isinstance(d, int) and d > 0 for d in shape)):
-        raise FormatError(f"{where}: header field 'shape' is {shape!r}; expected [out, in] positive integers")
-    if not isinstance(entry["symmetric"], bool):
-        raise FormatError(f"{where}: header field 'symmetric' is {entry['symmetric']!r}; expected true or false")
-    for key in ("bits", "group_size"):
-        if not isinstance(entry[key], int) or isinstance(entry[key], bool):
-            raise FormatError(f"{where}: header field '{key}' is {entry[key]!r}; expected an integer")
-    t = NMQTensor(
-        shape=(shape[0], shape[1]),
-        pattern=pattern,
-        bits=entry["bits"],
-        group_size=entry["group_size"],
-        symmetric=entry["symmetric"],
-        metadata=entry["metadata"],
-        values=parts["values"],
-        meta=parts["meta"],
-        scales=parts["scales"],
-        zeros=parts.get("zeros"),
-    )
-    t.validate(where)
-    if entry["padded_in"] != t.padded_in:
-        raise FormatError(f"{where}: header field 'padded_in' is {entry['padded_in']!r}; expected {t.padded_in}")
-    return t
 
 
 def _check_crc(data: torch.Tensor, entry: dict, fname: str, where: str) -> None:

@@ -33,6 +33,7 @@ import torch
 
 from ..errors import FormatError, QuantError
 from . import bitpack
+from .file import save_file
 from .pattern import Pattern, check_encoding
 from .spec import QuantSpec, dequantize_groups
 from .storage import Storage
@@ -188,9 +189,39 @@ class NMQTensor:
 
     def save(self, path: str | Path) -> None:
         """Write this tensor to a safetensors file, atomically."""
-        from .file import save_file
-
         save_file(path, compressed={"weight": self}, dense={})
+
+    @classmethod
+    def from_header(cls, entry: dict, parts: dict[str, torch.Tensor], where: str) -> NMQTensor:
+        """The tensor a file's header ``entry`` and fields ``parts`` describe, validated; FormatError names the field."""
+        try:
+            pattern = Pattern.parse(entry["pattern"])
+        except Exception as exc:
+            raise FormatError(f"{where}: header field 'pattern' is invalid ({exc})") from None
+        shape = entry["shape"]
+        if not (isinstance(shape, list) and len(shape) == 2 and all(isinstance(d, int) and d > 0 for d in shape)):
+            raise FormatError(f"{where}: header field 'shape' is {shape!r}; expected [out, in] positive integers")
+        if not isinstance(entry["symmetric"], bool):
+            raise FormatError(f"{where}: header field 'symmetric' is {entry['symmetric']!r}; expected true or false")
+        for key in ("bits", "group_size"):
+            if not isinstance(entry[key], int) or isinstance(entry[key], bool):
+                raise FormatError(f"{where}: header field '{key}' is {entry[key]!r}; expected an integer")
+        t = cls(
+            shape=(shape[0], shape[1]),
+            pattern=pattern,
+            bits=entry["bits"],
+            group_size=entry["group_size"],
+            symmetric=entry["symmetric"],
+            metadata=entry["metadata"],
+            values=parts["values"],
+            meta=parts["meta"],
+            scales=parts["scales"],
+            zeros=parts.get("zeros"),
+        )
+        t.validate(where)
+        if entry["padded_in"] != t.padded_in:
+            raise FormatError(f"{where}: header field 'padded_in' is {entry['padded_in']!r}; expected {t.padded_in}")
+        return t
 
     def identical(self, other: NMQTensor) -> bool:
         """Same header and bit-identical fields."""

@@ -28,7 +28,8 @@ import torch
 from ..atomic import atomic_dir
 from ..compress.recipe import Recipe
 from ..errors import FormatError, ModelError
-from ..format.file import load_file, save_file
+from ..format.file import save_file
+from ..format.load import load_file
 from ..runtime.linear import NMQLinear
 from ..runtime.modules import set_submodule
 

@@ -12,7 +12,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from ..format.file import load_file
+from ..format.load import load_file
 from ..format.storage import Storage, total
 from .checkpoint import read_record
 

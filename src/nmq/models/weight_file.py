@@ -4,7 +4,7 @@
 >>> d = tempfile.mkdtemp()
 >>> np.save(d + "/w.npy", np.random.default_rng(0).standard_normal((64, 256)).astype(np.float32))
 >>> out = compress_weight_file(d + "/w.npy", d + "/w.nmq.safetensors", nmq.Recipe())
->>> sorted(nmq.format.file.load_file(out).compressed)
+>>> sorted(nmq.format.load.load_file(out).compressed)
 ['weight']
 """
 

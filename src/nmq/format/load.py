@@ -1,0 +1,47 @@
+"""Reading nmq files back as NMQTensors (and the dense tensors beside them).
+
+>>> import torch, nmq, tempfile, os
+>>> t = nmq.compress_weight(torch.randn(8, 64), pattern="2:4", bits=4, group_size=32)
+>>> path = os.path.join(tempfile.mkdtemp(), "w.nmq.safetensors")
+>>> t.save(path)
+>>> load_tensor(path).identical(t)
+True
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import torch
+
+from ..errors import FormatError
+from .file import read_file
+from .tensor import NMQTensor
+
+
+@dataclass
+class TensorFile:
+    """What one nmq safetensors file holds."""
+
+    compressed: dict[str, NMQTensor] = field(default_factory=dict)
+    dense: dict[str, torch.Tensor] = field(default_factory=dict)
+
+
+def load_file(path: str | Path) -> TensorFile:
+    """Read and validate an nmq safetensors file; FormatError names what is wrong."""
+    raw = read_file(path)
+    compressed = {name: NMQTensor.from_header(entry, parts, f"{raw.path}: tensor '{name}'")
+                  for name, (entry, parts) in raw.compressed.items()}
+    return TensorFile(compressed, raw.dense)
+
+
+def load_tensor(path: str | Path) -> NMQTensor:
+    """Load the single compressed weight written by ``NMQTensor.save``."""
+    f = load_file(path)
+    if len(f.compressed) != 1:
+        raise FormatError(
+            f"{path}: holds {len(f.compressed)} compressed tensors; load_tensor reads a file with exactly one "
+            "(use nmq.load_model for a checkpoint directory)"
+        )
+    return next(iter(f.compressed.values()))
