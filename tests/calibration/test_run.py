@@ -5,14 +5,9 @@ import pytest
 import torch
 
 import nmq
-from nmq.calibration import run as calibrate
+from nmq.calibration.blocks import PreNormBlock, decoder_blocks, input_groups
 from nmq.calibration.data import Calibration, calibration_tokens
-from nmq.calibration.run import (
-    _gram,
-    _input_groups,
-    compress_model_calibrated,
-    decoder_blocks,
-)
+from nmq.calibration.hessian import gram
 from nmq.compress.prune import is_nm_sparse, wanda_mask
 from nmq.errors import ModelError
 from nmq.format.pattern import Pattern
@@ -46,7 +41,7 @@ def test_layers_are_grouped_by_shared_input_in_execution_order(dense, tokens):
     names = {n: m for n, m in blocks[0].named_modules() if isinstance(m, torch.nn.Linear)}
     emb = dense.model.embed_tokens(tokens[:2])
     pos = dense.model.rotary_emb(emb, torch.arange(64).unsqueeze(0))
-    groups = _input_groups(blocks[0], names, emb, {"position_embeddings": pos, "attention_mask": None})
+    groups = input_groups(blocks[0], names, emb, {"position_embeddings": pos, "attention_mask": None})
     assert groups == [["self_attn.q_proj", "self_attn.k_proj", "self_attn.v_proj"], ["self_attn.o_proj"],
                       ["mlp.gate_proj", "mlp.up_proj"], ["mlp.down_proj"]]
 
@@ -54,7 +49,7 @@ def test_layers_are_grouped_by_shared_input_in_execution_order(dense, tokens):
 @pytest.mark.parametrize("method,pattern", [("sparsegpt", "2:4"), ("wanda+gptq", "4:8"), ("gptq", "dense")])
 def test_sequential_compression_gives_working_valid_models(dense, tokens, method, pattern, tmp_path):
     recipe = nmq.Recipe(pattern=pattern, method=method, group_size=128)
-    model = compress_model_calibrated(copy.deepcopy(dense), recipe, tokens, batch=4, progress=False)
+    model = nmq.compress_model(copy.deepcopy(dense), recipe, tokens, batch=4, progress=False)
     layers = [m for m in model.modules() if isinstance(m, nmq.NMQLinear)]
     assert len(layers) == 28
     assert all(is_nm_sparse(m.nmq_weight.to_dense(), Pattern.parse(pattern)) for m in layers)
@@ -62,7 +57,7 @@ def test_sequential_compression_gives_working_valid_models(dense, tokens, method
     loaded = nmq.load_model(tmp_path / "ck")
     with torch.no_grad():
         assert torch.equal(loaded(tokens[:1]).logits, model(tokens[:1]).logits)
-    again = compress_model_calibrated(copy.deepcopy(dense), recipe, tokens, batch=4, progress=False)
+    again = nmq.compress_model(copy.deepcopy(dense), recipe, tokens, batch=4, progress=False)
     assert all(a.nmq_weight.identical(b.nmq_weight) for a, b in
                zip(layers, [m for m in again.modules() if isinstance(m, nmq.NMQLinear)]))
 
@@ -71,7 +66,7 @@ def test_gram_equals_x_transpose_x():
     g = torch.Generator().manual_seed(1)
     chunks = [torch.randn(3, 50, 2100, generator=g).bfloat16() for _ in range(2)]
     x = torch.cat([c.reshape(-1, 2100) for c in chunks]).double()
-    h = _gram(iter(chunks), 2100)
+    h = gram(iter(chunks), 2100)
     assert torch.equal(h, h.T) and torch.allclose(h.double(), x.T @ x, rtol=1e-5, atol=1e-3)
 
 
@@ -79,14 +74,14 @@ def test_gram_equals_x_transpose_x():
 def test_staged_llama_blocks_give_the_hooked_result(dense, tokens, monkeypatch, method):
     """Each layer of a LLaMA block runs once per sample, with the same inputs as re-running the block up to it."""
     used = []
-    recognize = calibrate._PreNormBlock.recognize
-    monkeypatch.setattr(calibrate._PreNormBlock, "recognize",
+    recognize = PreNormBlock.recognize
+    monkeypatch.setattr(PreNormBlock, "recognize",
                         classmethod(lambda cls, *a: used.append(recognize(*a)) or used[-1]))
     recipe = nmq.Recipe(pattern="2:4", method=method, group_size=128, targets=r".*(k_proj|o_proj|up_proj)$")
-    staged = compress_model_calibrated(copy.deepcopy(dense), recipe, tokens, batch=4, progress=False)
+    staged = nmq.compress_model(copy.deepcopy(dense), recipe, tokens, batch=4, progress=False)
     assert len(used) == 4 and all(used)
-    monkeypatch.setattr(calibrate._PreNormBlock, "recognize", classmethod(lambda cls, *a: None))
-    hooked = compress_model_calibrated(copy.deepcopy(dense), recipe, tokens, batch=4, progress=False)
+    monkeypatch.setattr(PreNormBlock, "recognize", classmethod(lambda cls, *a: None))
+    hooked = nmq.compress_model(copy.deepcopy(dense), recipe, tokens, batch=4, progress=False)
     a = [m for m in staged.modules() if isinstance(m, nmq.NMQLinear)]
     b = [m for m in hooked.modules() if isinstance(m, nmq.NMQLinear)]
     assert len(a) == len(b) == 12 and all(x.nmq_weight.identical(y.nmq_weight) for x, y in zip(a, b))
@@ -102,13 +97,13 @@ def test_blocks_of_another_shape_are_run_by_hooks(tokens):
     emb = model.model.embed_tokens(tokens[:2])
     kw = {"position_embeddings": model.model.rotary_emb(emb, torch.arange(64).unsqueeze(0)), "attention_mask": None}
     with torch.no_grad():
-        assert calibrate._PreNormBlock.recognize(block, names, [emb], [kw]) is None
+        assert PreNormBlock.recognize(block, names, [emb], [kw]) is None
         block.mlp.forward = forward
-        assert calibrate._PreNormBlock.recognize(block, names, [emb], [kw]) is not None
+        assert PreNormBlock.recognize(block, names, [emb], [kw]) is not None
 
 
 def test_prune_only_keeps_linear_layers(dense, tokens):
-    model = compress_model_calibrated(copy.deepcopy(dense), nmq.Recipe(method="wanda"), tokens, batch=8,
+    model = nmq.compress_model(copy.deepcopy(dense), nmq.Recipe(method="wanda"), tokens, batch=8,
                                       progress=False, quantize=False)
     ups = [m for n, m in model.named_modules() if n.endswith("up_proj")]
     assert all(type(m) is torch.nn.Linear and is_nm_sparse(m.weight, Pattern(2, 4)) for m in ups)
@@ -151,7 +146,7 @@ def test_wanda_takes_a_blocks_statistics_from_one_run_of_it(dense, tokens):
         for n, m in block.named_modules():
             if n in norms:
                 m.weight.data *= wanda_mask(m.weight.data, norms[n].float(), pattern)
-    got = compress_model_calibrated(copy.deepcopy(dense), nmq.Recipe(method="wanda"), tokens, batch=4,
+    got = nmq.compress_model(copy.deepcopy(dense), nmq.Recipe(method="wanda"), tokens, batch=4,
                                     progress=False, quantize=False)
     pairs = [(a.weight != 0, b.weight != 0) for (n, a), b in
              zip(((n, m) for n, m in expected.named_modules() if isinstance(m, torch.nn.Linear) and "lm_head" not in n),

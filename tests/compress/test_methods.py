@@ -4,7 +4,7 @@ from hypothesis import given
 from hypothesis import strategies as st
 
 import nmq
-from nmq.compress.methods import compress_layer, parse_method
+from nmq.compress.methods import compress_layer, get_method
 from nmq.compress.obs import hessian, obs_compress, prepare_hessian
 from nmq.compress.prune import is_nm_sparse, magnitude_mask
 from nmq.compress.weight import from_mask
@@ -26,7 +26,7 @@ def err(x, w, wq):
 
 
 def run(method, pattern, x, w, spec=None, act_order=False):
-    return compress_layer(w, Pattern.parse(pattern), spec, parse_method(method), hessian(x), act_order=act_order)
+    return compress_layer(w, Pattern.parse(pattern), spec, get_method(method), hessian(x), act_order=act_order)
 
 
 @pytest.mark.parametrize("pattern", ["2:4", "4:8", "1:4"])
@@ -143,5 +143,5 @@ def test_dead_inputs_and_compress_weight_inputs():
 def test_unknown_methods():
     for bad in ("sparsegpt+rtn", "wanda+joint", "obs", ""):
         with pytest.raises(nmq.NMQError, match="accepted: magnitude"):
-            parse_method(bad)
+            get_method(bad)
     assert magnitude_mask(torch.ones(1, 4), Pattern(2, 4)).sum() == 2

@@ -19,7 +19,7 @@ from dataclasses import dataclass
 import torch
 
 from ..calibration.data import Calibration, calibration_tokens, heldout_path
-from ..calibration.run import compress_model, compress_model_calibrated
+from ..calibration.run import compress_model
 from ..compress.recipe import Recipe
 from ..models.builtin import DEFAULT_MODEL, builtin_model
 from ..runtime.evaluate import perplexity
@@ -62,11 +62,10 @@ def run_accuracy(cal: Calibration, eval_bytes: int, window: int, stride: int, on
         start = time.perf_counter()
         model = copy.deepcopy(base)
         if row.recipe is not None:
-            if row.recipe.needs_calibration or not row.quantize:
-                compress_model_calibrated(model, row.recipe, tokens, batch=cal.batch, progress=progress,
-                                          quantize=row.quantize)
-            else:
-                compress_model(model, row.recipe, progress=progress)
+            # The data-free rows that keep float values go through the calibrated run too (the same blocks, no
+            # statistics used): one code path for every pruning-only row.
+            data = tokens if row.recipe.needs_calibration or not row.quantize else None
+            compress_model(model, row.recipe, data, progress=progress, quantize=row.quantize, batch=cal.batch)
         seconds = time.perf_counter() - start
         ppl = perplexity(model, ids, window=window, stride=stride, progress=progress)
         rec = {
@@ -106,7 +105,7 @@ def block_cost(samples: int = 128, seq_len: int = 512, method: str = "sparsegpt"
     tokens = torch.randint(0, 256, (samples, seq_len), generator=torch.Generator().manual_seed(0))
     recipe = Recipe(pattern="2:4", bits=4, group_size=128, method=method)
     start = time.perf_counter()
-    compress_model_calibrated(model, recipe, tokens, batch=8, progress=progress)
+    compress_model(model, recipe, tokens, progress=progress, batch=8)
     seconds = time.perf_counter() - start
     return {"row": f"llama-7b-block-{method}+int4", "seconds": seconds,
             "peak_rss_gb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2**20,

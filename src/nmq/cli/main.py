@@ -181,23 +181,21 @@ def cmd_compress(args: argparse.Namespace) -> int:
     check_new_output(args.output, args.overwrite)
     if is_weight_file(args.source):
         if recipe.needs_calibration:
-            raise NMQError(f"method {recipe.method!r} needs a model to calibrate; a bare weight file takes magnitude or rtn "
+            raise NMQError(f"method {recipe.method.name!r} needs a model to calibrate; a bare weight file takes magnitude or rtn "
                            "(or call nmq.compress_weight(w, method=..., inputs=X) from Python)")
         compress_weight_file(args.source, args.output, recipe, overwrite=args.overwrite)
     else:
         say(f"loading {args.source}", chatty(args))
         model, source_dir = load_source(args.source, progress=not args.quiet, dtype=args.dtype)
+        tokens = None
         if recipe.needs_calibration:
             from ..calibration.data import Calibration, calibration_tokens
-            from ..calibration.run import compress_model_calibrated
             from ..runtime.text import ByteTokenizer, load_tokenizer
 
             cal = Calibration(samples=args.samples, seq_len=args.seq_len, text=args.calibration)
             tok = load_tokenizer(source_dir, model.config.vocab_size)
             tokens = calibration_tokens(cal, None if isinstance(tok, ByteTokenizer) else tok)
-            compress_model_calibrated(model, recipe, tokens, batch=cal.batch, progress=not args.quiet)
-        else:
-            compress_model(model, recipe, progress=not args.quiet)
+        compress_model(model, recipe, tokens, progress=not args.quiet)
         save_checkpoint(model, args.output, source_dir=source_dir, source=args.source, overwrite=args.overwrite)
     summary = summarize(args.output)
     if args.json:

@@ -1,6 +1,4 @@
-"""Compression methods: how a layer's mask and quantized values are chosen.
-
-A method is ``PRUNE`` or ``PRUNE+QUANT``:
+"""Compression methods: how a layer's mask and quantized values are chosen, one registered handler each.
 
 | name | mask | values | needs calibration |
 | --- | --- | --- | --- |
@@ -10,11 +8,12 @@ A method is ``PRUNE`` or ``PRUNE+QUANT``:
 | ``gptq`` (= ``magnitude+gptq``), ``wanda+gptq`` | fixed first | GPTQ with that mask | yes |
 
 For a dense pattern (N == M) the mask keeps everything, so ``gptq`` is plain
-GPTQ and ``rtn`` plain round-to-nearest.
+GPTQ and ``rtn`` plain round-to-nearest. A method keeps the name it was asked
+by (``rtn`` stays ``rtn`` in a recipe record).
 
->>> parse_method("wanda+gptq")
-Method(prune='wanda', quant='gptq')
->>> parse_method("sparsegpt").needs_calibration, parse_method("rtn").needs_calibration
+>>> get_method("wanda+gptq")
+WandaGptq(name='wanda+gptq', prune='wanda', quant='gptq')
+>>> get_method("sparsegpt").needs_calibration, get_method("rtn").needs_calibration
 (True, False)
 """
 
@@ -31,44 +30,6 @@ from .obs import InverseHessian, obs_compress, prepare_hessian
 from .prune import magnitude_mask, wanda_mask
 from .quant import group_params
 
-METHOD_NAMES = ("magnitude", "rtn", "wanda", "sparsegpt", "gptq", "magnitude+gptq", "wanda+gptq", "sparsegpt+joint")
-
-
-@dataclass(frozen=True)
-class Method:
-    prune: str  # magnitude | wanda | sparsegpt
-    quant: str  # rtn | gptq | joint
-
-    @property
-    def needs_calibration(self) -> bool:
-        return self.prune != "magnitude" or self.quant != "rtn"
-
-    @property
-    def compensates(self) -> bool:
-        """Whether kept weights are updated to absorb the error of earlier columns (the OBS methods)."""
-        return self.prune == "sparsegpt" or self.quant == "gptq"
-
-
-def parse_method(name: str) -> Method:
-    aliases = {"magnitude": "magnitude+rtn", "rtn": "magnitude+rtn", "wanda": "wanda+rtn",
-               "sparsegpt": "sparsegpt+joint", "gptq": "magnitude+gptq"}
-    full = aliases.get(name, name)
-    prune, _, quant = full.partition("+")
-    valid = {("magnitude", "rtn"), ("wanda", "rtn"), ("sparsegpt", "joint"), ("magnitude", "gptq"), ("wanda", "gptq")}
-    if (prune, quant) not in valid:
-        raise RecipeError(f"method {name!r} is unknown; accepted: {', '.join(METHOD_NAMES)}")
-    return Method(prune, quant)
-
-
-def prepare_for(method: Method, pattern: Pattern, spec: QuantSpec | None, hessian, damp: float, act_order: bool):
-    """The Hessian in the form ``method`` uses: inverted once for the OBS methods, raw otherwise."""
-    uses_obs = method.prune == "sparsegpt" or (method.quant == "gptq" and spec is not None)
-    if hessian is None or isinstance(hessian, InverseHessian) or not uses_obs:
-        return hessian
-    # SparseGPT picks N:M masks as it walks the columns, so it keeps their natural order.
-    order = act_order and not (method.prune == "sparsegpt" and not pattern.is_dense)
-    return prepare_hessian(hessian, damp, order)
-
 
 @dataclass
 class LayerResult:
@@ -80,43 +41,181 @@ class LayerResult:
     zeros: torch.Tensor | None
 
 
-def compress_layer(
-    weight: torch.Tensor,
-    pattern: Pattern,
-    spec: QuantSpec | None,
-    method: Method,
-    hessian: torch.Tensor | InverseHessian | None = None,
-    damp: float = 0.01,
-    act_order: bool = False,
-) -> LayerResult:
+@dataclass(frozen=True)
+class Method:
+    """A registered method: ``prune`` chooses the mask, ``quant`` the values; subclasses do the work."""
+
+    name: str
+    prune: str
+    quant: str
+
+    @property
+    def needs_calibration(self) -> bool:
+        return True
+
+    @property
+    def compensates(self) -> bool:
+        """Whether kept weights are updated to absorb the error of earlier columns (the OBS methods)."""
+        return False
+
+    def prepare(self, hessian, pattern: Pattern, spec: QuantSpec | None, damp: float, act_order: bool):
+        """The Hessian in the form this method uses (inverted once for the OBS methods, shared by a group's layers)."""
+        return hessian
+
+    def compress(self, weight: torch.Tensor, pattern: Pattern, spec: QuantSpec | None, hessian) -> LayerResult:
+        raise NotImplementedError
+
+
+_REGISTRY: dict[str, type[Method]] = {}
+
+
+def register(*names: str):
+    """Class decorator: the method answers to each of ``names`` (the first is its canonical name)."""
+    def add(cls: type[Method]) -> type[Method]:
+        for n in names:
+            _REGISTRY[n] = cls
+        return cls
+    return add
+
+
+def method_names() -> tuple[str, ...]:
+    return tuple(_REGISTRY)
+
+
+def get_method(name: str | Method) -> Method:
+    """The registered method called ``name``; RecipeError naming the accepted ones otherwise."""
+    if isinstance(name, Method):
+        return name
+    cls = _REGISTRY.get(name)
+    if cls is None:
+        raise RecipeError(f"method {name!r} is unknown; accepted: {', '.join(_REGISTRY)}")
+    return cls(name)
+
+
+class _MaskThenRound(Method):
+    """A mask chosen first, then round-to-nearest of the kept weights per group."""
+
+    def mask(self, weight: torch.Tensor, pattern: Pattern, hessian) -> torch.Tensor:
+        raise NotImplementedError
+
+    def compress(self, weight, pattern, spec, hessian) -> LayerResult:
+        keep = self.mask(weight, pattern, hessian)
+        if spec is None:
+            return LayerResult(weight * keep, keep, None, None)
+        out, k = weight.shape
+        group = k if spec.group_size == -1 else spec.group_size
+        scales, zeros = group_params((weight * keep).reshape(out, k // group, group), spec)
+        return LayerResult(weight * keep, keep, scales, zeros)
+
+
+@register("magnitude", "rtn", "magnitude+rtn")
+class Magnitude(_MaskThenRound):
+    def __init__(self, name: str = "magnitude"):
+        super().__init__(name, "magnitude", "rtn")
+
+    @property
+    def needs_calibration(self) -> bool:
+        return False
+
+    def mask(self, weight, pattern, hessian):
+        return magnitude_mask(weight, pattern)
+
+
+def _diagonal(hessian) -> torch.Tensor:
+    if isinstance(hessian, InverseHessian):
+        return hessian.diag_h
+    return hessian if hessian.dim() == 1 else torch.diag(hessian)
+
+
+@register("wanda", "wanda+rtn")
+class Wanda(_MaskThenRound):
+    """Wanda scores ``|w| * ||x||``; it needs only the Hessian's diagonal (squared input norms)."""
+
+    def __init__(self, name: str = "wanda"):
+        super().__init__(name, "wanda", "rtn")
+
+    def mask(self, weight, pattern, hessian):
+        return wanda_mask(weight, _diagonal(hessian), pattern)
+
+
+class _Obs(Method):
+    @property
+    def compensates(self) -> bool:
+        return True
+
+    def prepare(self, hessian, pattern, spec, damp, act_order):
+        if hessian is None or isinstance(hessian, InverseHessian) or not self._uses_obs(spec):
+            return hessian
+        return prepare_hessian(hessian, damp, act_order and self._reorders(pattern))
+
+    def _uses_obs(self, spec: QuantSpec | None) -> bool:
+        return True
+
+    def _reorders(self, pattern: Pattern) -> bool:
+        return True
+
+
+@register("sparsegpt", "sparsegpt+joint")
+class SparseGPT(_Obs):
+    """N:M masks chosen in the OBS loop, values quantized in the same loop (joint)."""
+
+    def __init__(self, name: str = "sparsegpt"):
+        super().__init__(name, "sparsegpt", "joint")
+
+    def _reorders(self, pattern):
+        # SparseGPT picks N:M masks as it walks the columns, so it keeps their natural order.
+        return pattern.is_dense
+
+    def compress(self, weight, pattern, spec, hessian):
+        r = obs_compress(weight, hessian, pattern, spec, select=not pattern.is_dense)
+        return LayerResult(r.weight, r.keep, r.scales, r.zeros)
+
+
+class _MaskThenGptq(_Obs):
+    """A mask chosen first, then GPTQ over the kept weights; pruning only (no spec) is the mask alone."""
+
+    mask_method: type[_MaskThenRound]
+
+    def _uses_obs(self, spec):
+        return spec is not None
+
+    def compress(self, weight, pattern, spec, hessian):
+        keep = self.mask_method().mask(weight, pattern, hessian)
+        if spec is None:
+            return LayerResult(weight * keep, keep, None, None)
+        r = obs_compress(weight, hessian, pattern, spec, keep=keep)
+        return LayerResult(r.weight, r.keep, r.scales, r.zeros)
+
+
+@register("gptq", "magnitude+gptq")
+class Gptq(_MaskThenGptq):
+    mask_method = Magnitude
+
+    def __init__(self, name: str = "gptq"):
+        super().__init__(name, "magnitude", "gptq")
+
+
+@register("wanda+gptq")
+class WandaGptq(_MaskThenGptq):
+    mask_method = Wanda
+
+    def __init__(self, name: str = "wanda+gptq"):
+        super().__init__(name, "wanda", "gptq")
+
+
+def compress_layer(weight: torch.Tensor, pattern: Pattern, spec: QuantSpec | None, method: Method,
+                   hessian: torch.Tensor | InverseHessian | None = None, damp: float = 0.01,
+                   act_order: bool = False) -> LayerResult:
     """Prune and (unless ``spec`` is None) quantize a padded weight ``[out, K]``.
 
     ``hessian`` is ``X^T X`` of the layer's padded calibration inputs
-    ``[K, K]`` (or :func:`nmq.compress.obs.prepare_hessian` of it, to share the
-    inversion between layers; or, for Wanda + RTN, only its diagonal ``[K]``);
-    required when the method needs calibration. With ``spec``
-    None only the mask (and, for SparseGPT, the OBS update) is applied: the
-    pruning-only rows of the accuracy table.
+    ``[K, K]`` (or ``method.prepare`` of it, to share the inversion between
+    layers; or, for Wanda + RTN, only its diagonal ``[K]``); required when the
+    method needs calibration. With ``spec`` None only the mask (and, for
+    SparseGPT, the OBS update) is applied: the pruning-only rows of the
+    accuracy table.
     """
     if method.needs_calibration and hessian is None:
-        raise RecipeError(f"method {method.prune}+{method.quant} needs calibration inputs; accepted: calibration data "
+        raise RecipeError(f"method {method.name} needs calibration inputs; accepted: calibration data "
                           "(nmq compress --calibration FILE, or the default corpus)")
-    hessian = prepare_for(method, pattern, spec, hessian, damp, act_order)
-    if method.prune == "sparsegpt":
-        r = obs_compress(weight, hessian, pattern, spec, select=not pattern.is_dense)
-        return LayerResult(r.weight, r.keep, r.scales, r.zeros)
-    if method.prune == "magnitude":
-        keep = magnitude_mask(weight, pattern)
-    else:
-        diag = hessian.diag_h if isinstance(hessian, InverseHessian) else \
-            hessian if hessian.dim() == 1 else torch.diag(hessian)
-        keep = wanda_mask(weight, diag, pattern)
-    if spec is None:
-        return LayerResult(weight * keep, keep, None, None)
-    if method.quant == "gptq":
-        r = obs_compress(weight, hessian, pattern, spec, keep=keep)
-        return LayerResult(r.weight, r.keep, r.scales, r.zeros)
-    out, k = weight.shape
-    group = k if spec.group_size == -1 else spec.group_size
-    scales, zeros = group_params((weight * keep).reshape(out, k // group, group), spec)
-    return LayerResult(weight * keep, keep, scales, zeros)
+    return method.compress(weight, pattern, spec, method.prepare(hessian, pattern, spec, damp, act_order))

@@ -24,6 +24,7 @@ Activations (the W4A8 path, DESIGN.md section 3): int8 per (token, group),
 >>> codes, scales, zeros = quantize_groups(w.reshape(1, 1, 4), spec)
 >>> codes.tolist(), zeros
 ([[[15, 4, 8, 9]]], None)
+>>> from nmq.format.spec import dequantize_groups
 >>> dequantize_groups(codes, scales, zeros, spec).tolist()
 [[[0.6998291015625, -0.39990234375, 0.0, 0.0999755859375]]]
 """

@@ -1,8 +1,10 @@
-"""Recipe: what to compress in a model, and how.
+"""Recipe: what to compress in a model, and how; parsed once into the objects every layer uses.
 
 >>> r = Recipe(pattern="4:8", bits=4, group_size=64)
 >>> r.selects("model.layers.0.mlp.up_proj"), r.selects("lm_head")
 (True, False)
+>>> r.pattern, r.quant, r.method.name
+(Pattern(n=4, m=8), QuantSpec(bits=4, group_size=64, symmetric=True), 'magnitude')
 >>> Recipe.from_dict(r.to_dict()) == r
 True
 """
@@ -10,13 +12,13 @@ True
 from __future__ import annotations
 
 import re
-from dataclasses import asdict, dataclass, field, fields
+from dataclasses import dataclass, field, fields
 
 from ..errors import NMQError, RecipeError
 from ..format.pattern import Pattern, check_encoding
 from ..format.spec import QuantSpec
 from ..format.tensor import check_group
-from .methods import parse_method
+from .methods import Method, get_method
 
 DEFAULT_IGNORE = (r"(^|\.)lm_head$",)
 
@@ -25,29 +27,37 @@ DEFAULT_IGNORE = (r"(^|\.)lm_head$",)
 class Recipe:
     """Pattern and quantization for every ``nn.Linear`` whose name matches
     ``targets`` (regex, searched) and none of ``ignore``. Embeddings and norms
-    are never compressed; ``lm_head`` is left dense unless removed from ``ignore``."""
+    are never compressed; ``lm_head`` is left dense unless removed from ``ignore``.
 
-    pattern: str = "2:4"
+    ``pattern`` and ``method`` may be given as names; they are held parsed
+    (a :class:`Pattern`, a registered :class:`Method`), and ``quant`` is the
+    :class:`QuantSpec` of ``bits``, ``group_size`` and ``symmetric``.
+    """
+
+    pattern: Pattern = "2:4"
     bits: int = 4
     group_size: int = 128
     symmetric: bool = True
     metadata: str = "rank"
-    method: str = "magnitude"
+    method: Method = "magnitude"
     damp: float = 0.01
     act_order: bool = False
     targets: str = r".*"
     ignore: tuple[str, ...] = field(default=DEFAULT_IGNORE)
+    quant: QuantSpec = field(init=False, repr=False, compare=False)
 
     def __post_init__(self) -> None:
         try:
-            pat = Pattern.parse(self.pattern)
-            object.__setattr__(self, "pattern", str(pat))
-            QuantSpec(self.bits, self.group_size, self.symmetric)
-            check_group(pat, self.group_size)
+            pattern = Pattern.parse(self.pattern)
+            quant = QuantSpec(self.bits, self.group_size, self.symmetric)
+            check_group(pattern, self.group_size)
             check_encoding(self.metadata)
+            method = get_method(self.method)
         except NMQError as exc:
-            raise RecipeError(f"recipe: {exc}") from None
-        parse_method(self.method)
+            raise type(exc)(f"recipe: {exc}") from None
+        object.__setattr__(self, "pattern", pattern)
+        object.__setattr__(self, "quant", quant)
+        object.__setattr__(self, "method", method)
         if not 0 < self.damp < 1:
             raise RecipeError(f"recipe: damp {self.damp} is out of range; accepted: 0 < damp < 1 (default 0.01)")
         object.__setattr__(self, "ignore", tuple(self.ignore))
@@ -62,13 +72,16 @@ class Recipe:
         return re.search(self.targets, name) is not None and not any(re.search(rx, name) for rx in self.ignore)
 
     def to_dict(self) -> dict:
-        d = asdict(self)
+        """The recipe as JSON-ready names and numbers (what ``nmq.json`` records)."""
+        d = {f.name: getattr(self, f.name) for f in fields(self) if f.init}
+        d["pattern"] = str(self.pattern)
+        d["method"] = self.method.name
         d["ignore"] = list(self.ignore)
         return d
 
     @classmethod
     def from_dict(cls, d: dict) -> Recipe:
-        known = {f.name for f in fields(cls)}
+        known = {f.name for f in fields(cls) if f.init}
         unknown = set(d) - known
         if unknown:
             raise RecipeError(f"recipe: unknown field(s) {sorted(unknown)}; accepted: {sorted(known)}")
@@ -82,11 +95,11 @@ class Recipe:
             "group_size": self.group_size,
             "symmetric": self.symmetric,
             "metadata": self.metadata,
-            "method": self.method,
+            "method": self.method.name,
             "damp": self.damp,
             "act_order": self.act_order,
         }
 
     @property
     def needs_calibration(self) -> bool:
-        return parse_method(self.method).needs_calibration
+        return self.method.needs_calibration

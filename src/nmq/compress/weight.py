@@ -21,9 +21,10 @@ from ..format import bitpack
 from ..format.pattern import Pattern, check_encoding
 from ..format.spec import QuantSpec
 from ..format.tensor import NMQTensor, check_group, encode_meta, padded_k
-from .methods import compress_layer, parse_method
+from .methods import compress_layer
 from .obs import hessian
 from .quant import group_params, quantize_with
+from .recipe import Recipe
 
 
 def compress_weight(
@@ -45,27 +46,24 @@ def compress_weight(
     Calibrated methods (wanda, sparsegpt, gptq) take the layer's inputs
     ``inputs [tokens, in]``; see :mod:`nmq.compress.methods`.
     """
-    pat = Pattern.parse(pattern)
-    spec = QuantSpec(bits, group_size, symmetric)
-    check_group(pat, group_size)
-    check_encoding(metadata)
-    m = parse_method(method)
+    recipe = Recipe(pattern=pattern, bits=bits, group_size=group_size, symmetric=symmetric, metadata=metadata,
+                    method=method, damp=damp, act_order=act_order)
     weight = as_weight(w)
     out, k = weight.shape
-    kp = padded_k(k, pat, group_size)
+    kp = padded_k(k, recipe.pattern, group_size)
     h = None
     if inputs is not None:
         x = torch.as_tensor(inputs).reshape(-1, inputs.shape[-1]).float()
         if x.shape[1] != k:
             raise WeightError(f"calibration inputs have {x.shape[1]} features; the weight {list(weight.shape)} needs {k}")
         h = hessian(torch.nn.functional.pad(x, (0, kp - k)))
-    return compress_padded(torch.nn.functional.pad(weight, (0, kp - k)), k, pat, spec, metadata, m, h, damp, act_order)
+    return compress_padded(torch.nn.functional.pad(weight, (0, kp - k)), k, recipe, h)
 
 
-def compress_padded(weight, in_features, pattern, spec, metadata, method, h=None, damp=0.01, act_order=False) -> NMQTensor:
-    """compress_weight on an already padded weight ``[out, padded_k]`` (and Hessian)."""
-    r = compress_layer(weight, pattern, spec, method, h, damp=damp, act_order=act_order)
-    return from_mask(r.weight, r.keep, pattern, spec, metadata, in_features, r.scales, r.zeros)
+def compress_padded(weight: torch.Tensor, in_features: int, recipe: Recipe, h=None) -> NMQTensor:
+    """compress_weight on an already padded weight ``[out, padded_k]`` (and Hessian, or its prepared form)."""
+    r = compress_layer(weight, recipe.pattern, recipe.quant, recipe.method, h, damp=recipe.damp, act_order=recipe.act_order)
+    return from_mask(r.weight, r.keep, recipe.pattern, recipe.quant, recipe.metadata, in_features, r.scales, r.zeros)
 
 
 def as_weight(w, name: str = "weight") -> torch.Tensor:

@@ -7,7 +7,7 @@ import torch
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from nmq.calibration.run import _gram
+from nmq.calibration.hessian import gram
 from nmq.errors import BackendError
 
 cpu = pytest.importorskip("nmq.backends.cpu.matmul")
@@ -57,9 +57,9 @@ def test_calibration_hessian_at_every_level(level):
     """bf16 chunks use the kernel where the level has it, fp32 GEMMs elsewhere; fp32 chunks always the GEMMs."""
     chunks = [_activations(300, 150, seed=s) for s in range(3)]
     x = torch.cat(chunks)
-    h = _gram(iter(chunks), 150, block=64)
+    h = gram(iter(chunks), 150, block=64)
     assert torch.equal(h, h.T) and _upper_error(h, x) < 1e-5
-    mixed = _gram(iter([chunks[0], chunks[1].float(), chunks[2]]), 150, block=64)
+    mixed = gram(iter([chunks[0], chunks[1].float(), chunks[2]]), 150, block=64)
     assert torch.equal(mixed, mixed.T) and _upper_error(mixed, x) < 1e-5
     if level != "avx512":
         assert not cpu_gram.gram_bf16_available()
