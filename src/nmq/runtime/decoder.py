@@ -9,13 +9,14 @@ preallocated KV cache and only the ops the arithmetic needs: one fused
 RMSNorm, the linear layers, rotary embeddings, one
 ``scaled_dot_product_attention`` and the SiLU gate per layer. Compressed
 q/k/v and gate/up projections run as one call each where their backend can
-stack them (:func:`nmq.runtime.linear.fuse_linears`). On the CPU, with the extension
-built, a decode step of an fp32 or bf16 model runs those other ops as four C++
-calls a layer instead (:class:`nmq.backends.cpu.decode.DecodeOps`: the same
-roundings, attention on the kernels' threads) and each layer's calls are bound
-once per generation; prefill and other devices use the PyTorch ops. Models it
-does not cover run on their own ``generate`` (:func:`nmq.runtime.generate.generate_ids`
-chooses).
+stack them (:func:`nmq.runtime.linear.fuse_linears`). The layer math is
+written once, in :meth:`LlamaDecoder.step`, over the operations of
+:mod:`nmq.runtime.step_ops`: PyTorch's for prefill and other devices and
+dtypes, and on the CPU, with the extension built, C++ calls for a decode step
+of an fp32 or bf16 model (:class:`nmq.backends.cpu.decode.DecodeOps`: the
+same roundings, attention on the kernels' threads). Each layer's calls are
+looked up once per decoder (:class:`LayerPlan`). Models it does not cover run
+on their own ``generate`` (:func:`nmq.runtime.generate.generate_ids` chooses).
 
 >>> import torch, nmq
 >>> model = nmq.builtin_model()
@@ -27,17 +28,19 @@ chooses).
 
 from __future__ import annotations
 
+from collections.abc import Callable
+from dataclasses import dataclass
 from weakref import WeakKeyDictionary
 
 import torch
-import torch.nn.functional as F
 
-from ..backends.cpu.decode import DTYPES, DecodeOps
-from ..backends.cpu.matmul import CpuBackend
 from .linear import FusedLinear, NMQLinear, fuse_linears
+from .step_ops import StepOps, TorchStepOps, cpp_step_ops
 
 # module -> (projection names, FusedLinear or None): stacked once per model, not per generation.
 _FUSED: WeakKeyDictionary = WeakKeyDictionary()
+
+STEP_OPS = ("auto", "torch")
 
 
 def _fused(module: torch.nn.Module, names: tuple[str, ...], device: str) -> FusedLinear | None:
@@ -58,12 +61,35 @@ def supports(model) -> bool:
     return all(hasattr(inner, a) for a in ("embed_tokens", "layers", "norm", "rotary_emb"))
 
 
-class LlamaDecoder:
-    """Prefill and decode steps of a ``LlamaForCausalLM`` with a KV cache of ``max_len`` positions."""
+@dataclass(frozen=True, slots=True)
+class LayerPlan:
+    """What a step calls for one layer, looked up once: module attribute lookups and ``Module.__call__`` cost
+    microseconds each, and a step makes a dozen calls a layer. The projections take and return ``[positions,
+    features]``; ``qkv`` and ``gate_up`` return one stacked tensor where their layers run as one call, else a
+    tuple of the projections' outputs."""
 
-    def __init__(self, model, max_len: int) -> None:
+    attn_norm: torch.Tensor
+    attn_eps: float
+    qkv: Callable
+    o_proj: Callable
+    mlp_norm: torch.Tensor
+    mlp_eps: float
+    gate_up: Callable
+    down_proj: Callable
+
+
+class LlamaDecoder:
+    """Prefill and decode steps of a ``LlamaForCausalLM`` with a KV cache of ``max_len`` positions.
+
+    ``step_ops``: ``auto`` decodes single positions on the C++ step operations where they compute what the
+    model does, ``torch`` always on PyTorch's.
+    """
+
+    def __init__(self, model, max_len: int, *, step_ops: str = "auto") -> None:
         if not supports(model):
             raise ValueError(f"LlamaDecoder runs LlamaForCausalLM models; got {type(model).__name__}")
+        if step_ops not in STEP_OPS:
+            raise ValueError(f"step_ops must be one of {', '.join(STEP_OPS)}; got {step_ops!r}")
         self.model = model
         config = model.config
         inner = model.model
@@ -88,41 +114,22 @@ class LlamaDecoder:
         with torch.no_grad():
             cos, sin = inner.rotary_emb(probe, torch.arange(max_len, device=self.device).unsqueeze(0))
         self.cos, self.sin = cos[0].contiguous(), sin[0].contiguous()  # [max_len, head_dim]
-        self.ops = self._decode_ops(config)
-        self._plan: list[tuple] | None = None
-
-    def _decode_ops(self, config) -> DecodeOps | None:
-        """The C++ step operations (nmq.backends.cpu.decode) where they compute what the model does."""
-        if self.device.type != "cpu" or self.dtype not in DTYPES or CpuBackend().unavailable_reason() is not None:
-            return None
-        if getattr(config, "hidden_act", None) != "silu" or self.head_dim % 2:
-            return None
-        norms = [n for layer in self.layers for n in (layer.input_layernorm, layer.post_attention_layernorm)]
-        if any(n.weight.dtype != self.dtype for n in norms + [self.model.model.norm]):
-            return None
-        return DecodeOps(hidden=config.hidden_size, heads=self.heads, kv_heads=self.kv_heads, head_dim=self.head_dim,
-                         intermediate=config.intermediate_size, dtype=self.dtype, k_cache=self.k[:, 0],
-                         v_cache=self.v[:, 0], cos=self.cos, sin=self.sin, scale=self.scaling)
+        self.prefill_ops: StepOps = TorchStepOps(self.k, self.v, self.cos, self.sin, heads=self.heads,
+                                                 kv_heads=self.kv_heads, scale=self.scaling,
+                                                 act=self.layers[0].mlp.act_fn)
+        norms = [n.weight for layer in self.layers for n in (layer.input_layernorm, layer.post_attention_layernorm)]
+        cpp = None if step_ops == "torch" else cpp_step_ops(config, self.k, self.v, self.cos, self.sin,
+                                                             norms + [inner.norm.weight], self.scaling)
+        self.decode_ops: StepOps = cpp or self.prefill_ops
+        # Built at the first step, so that it binds the layers' backends as they are when decoding starts.
+        self._plan: list[LayerPlan] | None = None
 
     def _call(self, module):
-        """``module``'s per-forward call on ``[1, features]`` inputs, without ``Module.__call__`` and reshapes."""
+        """``module``'s per-forward call on ``[positions, features]`` inputs, without ``Module.__call__`` and
+        reshapes."""
         if isinstance(module, NMQLinear):
             return module.bound_call(self.device.type) or module.forward
         return module.forward
-
-    def _decode_plan(self) -> list[tuple]:
-        """Per layer, what a decode step calls, looked up once (module attribute lookups and ``Module.__call__``
-        cost microseconds each, and a step makes a dozen calls a layer). A stacked q/k/v or gate/up call returns
-        one tensor that the step ops take whole; otherwise a tuple of the projections."""
-        plan = []
-        for i, layer in enumerate(self.layers):
-            attn, mlp = layer.self_attn, layer.mlp
-            n1, n2 = layer.input_layernorm, layer.post_attention_layernorm
-            qkv = self._stacked(self.qkv[i], [attn.q_proj, attn.k_proj, attn.v_proj])
-            gate_up = self._stacked(self.gate_up[i], [mlp.gate_proj, mlp.up_proj])
-            plan.append((n1.weight, n1.variance_epsilon, qkv, self._call(attn.o_proj), n2.weight, n2.variance_epsilon,
-                         gate_up, self._call(mlp.down_proj)))
-        return plan
 
     def _stacked(self, fused: FusedLinear | None, modules: list):
         """The stacked call (one tensor out) while ``fused`` still holds, else the projections' calls (a tuple)."""
@@ -131,31 +138,19 @@ class LlamaDecoder:
         calls = [self._call(m) for m in modules]
         return lambda a: tuple(c(a) for c in calls)
 
-    def _decode_one(self, ids: torch.Tensor) -> torch.Tensor:
-        """One position through the C++ step operations; the same arithmetic as :meth:`step`."""
-        ops, pos = self.ops, self.length
-        if self._plan is None:
-            self._plan = self._decode_plan()
-        inner = self.model.model
-        ops.h.copy_(inner.embed_tokens(ids).view(1, -1))
-        add = None
-        for i, (w1, eps1, qkv, o_proj, w2, eps2, gate_up, down) in enumerate(self._plan):
-            y = qkv(ops.norm(add, w1, eps1))
-            add = o_proj(ops.attend(i, pos, *y) if isinstance(y, tuple) else ops.attend(i, pos, y))
-            y = gate_up(ops.norm(add, w2, eps2))
-            add = down(ops.silu_mul(*y) if isinstance(y, tuple) else ops.silu_mul(y))
-        last = ops.norm(add, inner.norm.weight, inner.norm.variance_epsilon)
-        self.length = pos + 1
-        return self.model.lm_head(last).reshape(-1).float()
-
-    @staticmethod
-    def _norm(x: torch.Tensor, norm) -> torch.Tensor:
-        # LlamaRMSNorm: normalized in fp32, cast back, then scaled by the weight.
-        return norm.weight * F.rms_norm(x.float(), (x.shape[-1],), eps=norm.variance_epsilon).to(x.dtype)
-
-    def _rotate(self, x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor) -> torch.Tensor:
-        half = self.head_dim // 2
-        return x * cos + torch.cat((-x[..., half:], x[..., :half]), dim=-1) * sin
+    def _build_plan(self) -> list[LayerPlan]:
+        plan = []
+        for i, layer in enumerate(self.layers):
+            attn, mlp = layer.self_attn, layer.mlp
+            n1, n2 = layer.input_layernorm, layer.post_attention_layernorm
+            plan.append(LayerPlan(
+                attn_norm=n1.weight, attn_eps=n1.variance_epsilon,
+                qkv=self._stacked(self.qkv[i], [attn.q_proj, attn.k_proj, attn.v_proj]),
+                o_proj=self._call(attn.o_proj),
+                mlp_norm=n2.weight, mlp_eps=n2.variance_epsilon,
+                gate_up=self._stacked(self.gate_up[i], [mlp.gate_proj, mlp.up_proj]),
+                down_proj=self._call(mlp.down_proj)))
+        return plan
 
     @torch.no_grad()
     def step(self, ids: torch.Tensor) -> torch.Tensor:
@@ -166,33 +161,18 @@ class LlamaDecoder:
         end = start + T
         if end > self.max_len:
             raise ValueError(f"the KV cache holds {self.max_len} positions; {end} needed")
-        if T == 1 and self.ops is not None:
-            return self._decode_one(ids)
+        if self._plan is None:
+            self._plan = self._build_plan()
+        ops = self.decode_ops if T == 1 else self.prefill_ops
         inner = self.model.model
-        h = inner.embed_tokens(ids)
-        cos = self.cos[start:end].unsqueeze(0)  # broadcast over heads: [1, T, d]
-        sin = self.sin[start:end].unsqueeze(0)
-        mask = None
-        if T > 1:  # causal over the cache and the new positions
-            mask = torch.ones(T, end, dtype=torch.bool, device=self.device).tril(start)
-        for i, layer in enumerate(self.layers):
-            attn, mlp = layer.self_attn, layer.mlp
-            a = self._norm(h, layer.input_layernorm)
-            qkv = self.qkv[i]
-            q, k, v = qkv(a) if qkv is not None else (attn.q_proj(a), attn.k_proj(a), attn.v_proj(a))
-            q = q.reshape(T, self.heads, self.head_dim).transpose(0, 1)
-            k = k.reshape(T, self.kv_heads, self.head_dim).transpose(0, 1)
-            v = v.reshape(T, self.kv_heads, self.head_dim).transpose(0, 1)
-            self.k[i, 0, :, start:end] = self._rotate(k, cos, sin)
-            self.v[i, 0, :, start:end] = v
-            o = F.scaled_dot_product_attention(
-                self._rotate(q, cos, sin).unsqueeze(0), self.k[i, :, :, :end], self.v[i, :, :, :end],
-                attn_mask=mask, scale=self.scaling, enable_gqa=self.kv_heads != self.heads)
-            h = h + attn.o_proj(o[0].transpose(0, 1).reshape(1, T, self.heads * self.head_dim))
-            a = self._norm(h, layer.post_attention_layernorm)
-            gu = self.gate_up[i]
-            g, u = gu(a) if gu is not None else (mlp.gate_proj(a), mlp.up_proj(a))
-            h = h + mlp.down_proj(mlp.act_fn(g) * u)
+        ops.begin(inner.embed_tokens(ids).view(T, -1), start)
+        norm, attend, act_mul = ops.norm, ops.attend, ops.act_mul
+        add = None
+        for i, p in enumerate(self._plan):
+            y = p.qkv(norm(add, p.attn_norm, p.attn_eps))
+            add = p.o_proj(attend(i, start, *y) if type(y) is tuple else attend(i, start, y))
+            y = p.gate_up(norm(add, p.mlp_norm, p.mlp_eps))
+            add = p.down_proj(act_mul(*y) if type(y) is tuple else act_mul(y))
+        last = ops.last_norm(add, inner.norm.weight, inner.norm.variance_epsilon)
         self.length = end
-        last = self._norm(h[:, -1:], inner.norm)
         return self.model.lm_head(last).reshape(-1).float()

@@ -18,6 +18,7 @@ import statistics
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
+from itertools import pairwise
 
 import torch
 
@@ -132,7 +133,7 @@ def generate_ids(model, ids: torch.Tensor, max_new_tokens: int = 64, tokenizer=N
         token_ids=streamer.ids,
         prompt_tokens=ids.shape[1],
         prefill_ms=(times[1] - times[0]) * 1000 if len(times) > 1 else float("nan"),
-        decode_ms=[(b - a) * 1000 for a, b in zip(times[1:], times[2:])],
+        decode_ms=[(b - a) * 1000 for a, b in pairwise(times[1:])],
     )
 
 
