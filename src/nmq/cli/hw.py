@@ -159,8 +159,8 @@ def cmd_simulate(args: argparse.Namespace) -> int:
     from ..compress.weight import compress_weight
     from ..format.pattern import Pattern
     from ..hw.config import AcceleratorConfig, HardwareError
-    from ..shapes import parse_shape
     from ..hw.sim.driver import simulate_layer
+    from ..shapes import parse_shape
 
     if args.batch < 1:
         raise HardwareError(f"--batch {args.batch}: accepted a positive number of tokens")
