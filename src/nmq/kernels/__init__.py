@@ -1,1 +1,1 @@
-"""Compute kernels behind the backends: ``cpu`` (C++ sources, built into ``nmq._nmq_cpu``), ``triton`` (GPU)."""
+"""Compute kernels behind the backends: ``cpu`` (C++ sources, built into ``nmq.kernels.cpu._nmq_cpu``), ``triton`` (GPU)."""

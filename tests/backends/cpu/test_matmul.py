@@ -19,6 +19,7 @@ from hypothesis import strategies as st
 import nmq
 from nmq.backends import get_backend
 from nmq.backends import reference as ref
+from nmq.backends.cpu import layout
 from nmq.errors import BackendError
 
 cpu = pytest.importorskip("nmq.backends.cpu.matmul")
@@ -289,7 +290,7 @@ def test_env_var_forces_level_in_a_fresh_process():
 def test_fast_layouts_built_in_row_chunks(backend, rng, monkeypatch, pattern):
     t = _weight(100, 256, pattern, 4, 64, False, rng)
     whole = backend.prepack(t)
-    monkeypatch.setattr(cpu, "PACK_CHUNK_ROWS", 32)
+    monkeypatch.setattr(layout, "PACK_CHUNK_ROWS", 32)
     chunked = backend.prepack(t)
     assert chunked.fast and all(torch.equal(a, b) for a, b in zip(whole.buffers, chunked.buffers))
     _check(backend, t, _acts(5, 256, rng))

@@ -28,7 +28,7 @@ from __future__ import annotations
 import torch
 
 from ...errors import BackendError
-from .matmul import _apply_env, _ext, _require
+from .ext import apply_env, native, require
 
 DTYPES = (torch.float32, torch.bfloat16)
 
@@ -41,8 +41,8 @@ def decode_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, scale: f
     head h reads key/value head ``h // (heads // kv_heads)``. Returns
     ``softmax(scale * q k^T) v`` as fp32 ``[heads, dim]``, computed in fp32.
     """
-    _require()
-    _apply_env()
+    require()
+    apply_env()
     if q.dim() != 2 or k.dim() != 3 or v.shape != k.shape or q.shape[1] != k.shape[2]:
         raise BackendError(f"decode attention takes q [heads, dim] and k, v [kv_heads, length, dim]; got "
                            f"{list(q.shape)}, {list(k.shape)}, {list(v.shape)}")
@@ -58,8 +58,8 @@ def decode_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, scale: f
         raise BackendError("k and v need contiguous [length, dim] rows per head, with equal strides")
     q = q.to(torch.float32).contiguous()
     out = torch.empty(heads, dim, dtype=torch.float32)
-    _ext.attend(q.data_ptr(), k.data_ptr(), v.data_ptr(), out.data_ptr(),
-                [heads, kv_heads, length, dim, k.stride(0), int(k.dtype == torch.bfloat16)], float(scale))
+    native.attend(q.data_ptr(), k.data_ptr(), v.data_ptr(), out.data_ptr(), heads=heads, kv_heads=kv_heads,
+                  length=length, dim=dim, head_stride=k.stride(0), bf16=k.dtype == torch.bfloat16, scale=float(scale))
     return out
 
 
@@ -74,8 +74,8 @@ class DecodeOps:
     def __init__(self, *, hidden: int, heads: int, kv_heads: int, head_dim: int, intermediate: int,
                  dtype: torch.dtype, k_cache: torch.Tensor, v_cache: torch.Tensor, cos: torch.Tensor,
                  sin: torch.Tensor, scale: float) -> None:
-        _require()
-        _apply_env()
+        require()
+        apply_env()
         if dtype not in DTYPES:
             raise BackendError(f"the decode step ops run models in {dtype}; accepted: float32 or bfloat16")
         if heads % kv_heads or head_dim % 2:
@@ -115,8 +115,8 @@ class DecodeOps:
         n = self.hidden
         add = None if add is None else self._arg(add, n)
         weight = self._arg(weight, n)
-        _ext.add_rms_norm(self.h.data_ptr(), 0 if add is None else add.data_ptr(), weight.data_ptr(),
-                          self._a.data_ptr(), n, float(eps), self.bf16)
+        native.add_rms_norm(self.h.data_ptr(), 0 if add is None else add.data_ptr(), weight.data_ptr(),
+                            self._a.data_ptr(), n, float(eps), self.bf16)
         return self._a
 
     def attend(self, layer: int, pos: int, q: torch.Tensor, k: torch.Tensor | None = None,
@@ -134,9 +134,9 @@ class DecodeOps:
         else:
             q, k, v = self._arg(q, self.heads * d), self._arg(k, kv), self._arg(v, kv)
             qp, kp, vp = q.data_ptr(), k.data_ptr(), v.data_ptr()
-        _ext.attend_step(qp, kp, vp, self.cos.data_ptr(), self.sin.data_ptr(), self._kc[layer], self._vc[layer],
-                         self._o.data_ptr(), [self.heads, self.kv_heads, d, pos, self.max_len * d, int(self.bf16)],
-                         self.scale)
+        native.attend_step(qp, kp, vp, self.cos.data_ptr(), self.sin.data_ptr(), self._kc[layer], self._vc[layer],
+                           self._o.data_ptr(), heads=self.heads, kv_heads=self.kv_heads, dim=d, pos=pos,
+                           head_stride=self.max_len * d, bf16=self.bf16, scale=self.scale)
         return self._o
 
     def silu_mul(self, g: torch.Tensor, u: torch.Tensor | None = None) -> torch.Tensor:
@@ -149,5 +149,5 @@ class DecodeOps:
         else:
             g, u = self._arg(g, n), self._arg(u, n)
             gp, up = g.data_ptr(), u.data_ptr()
-        _ext.silu_mul(gp, up, self._m.data_ptr(), n, self.bf16)
+        native.silu_mul(gp, up, self._m.data_ptr(), n, self.bf16)
         return self._m

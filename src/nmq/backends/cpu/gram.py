@@ -25,7 +25,7 @@ from __future__ import annotations
 import torch
 
 from ...errors import BackendError
-from .matmul import _apply_env, _ext
+from .ext import apply_env, native
 
 PANEL = 16  # features per panel
 PAIRS_PER_CALL = 256  # token pairs per call: a 48-feature column tile is 48 KB, resident in L2
@@ -33,10 +33,10 @@ PAIRS_PER_CALL = 256  # token pairs per call: a 48-feature column tile is 48 KB,
 
 def gram_bf16_available() -> bool:
     """True when the CPU extension runs :func:`add_gram_bf16` at the current ISA level (AVX-512 BF16)."""
-    if _ext is None:
+    if native is None:
         return False
-    _apply_env()
-    return bool(_ext.has_gram_bf16())
+    apply_env()
+    return bool(native.has_gram_bf16())
 
 
 def padded_features(k: int) -> int:
@@ -66,4 +66,4 @@ def add_gram_bf16(h: torch.Tensor, x: torch.Tensor) -> None:
         padded = torch.nn.functional.pad(part, (0, kp - k, 0, 2 * pairs - part.shape[0]))
         # [pair, 2, panel, 16] -> [panel, pair, 16, 2]: a panel's bf16 pairs are the 32-bit lanes vdpbf16ps reads
         packed = padded.view(pairs, 2, kp // PANEL, PANEL).permute(2, 0, 3, 1).contiguous()
-        _ext.gram_bf16(packed.data_ptr(), kp // PANEL, pairs, h.data_ptr(), kp)
+        native.gram_bf16(packed.data_ptr(), kp // PANEL, pairs, h.data_ptr(), kp)

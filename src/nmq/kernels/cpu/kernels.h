@@ -1,17 +1,20 @@
 // Shared declarations of the nmq CPU kernels: the two weight layouts, the
-// prepared activations, and the table of entry points each ISA level fills.
+// prepared activations, and the tables of entry points each ISA level fills.
 #pragma once
 
 #include <cstddef>
 #include <cstdint>
+#include <type_traits>
 
 namespace nmq {
 
 // Patterns with a fast layout. Everything else runs on the canonical bytes.
-enum Kind : int { KIND_GENERIC = 0, KIND_24 = 1, KIND_48 = 2, KIND_14 = 3, KIND_DENSE = 4 };
+enum Kind : int32_t { KIND_GENERIC = 0, KIND_24 = 1, KIND_48 = 2, KIND_14 = 3, KIND_DENSE = 4 };
 
 constexpr int ROWS = 16;   // rows per row block: one int32/fp32 lane per row
 constexpr int PAIR_K = 8;  // K covered by one pair-step (two 16x4 byte domains)
+static_assert(ROWS * sizeof(int32_t) == 64, "the AVX-512 kernels hold a row block's sums in one register");
+static_assert(PAIR_K == 2 * 4, "a pair-step is two domains of 4 K (one vpdpbusd each)");
 
 // The fast layout (4-bit codes; 2:4, 4:8, 1:4, dense). Rows come in blocks of
 // 16; K in pair-steps of 8, each pair-step made of two 16 rows x 4 K domains
@@ -36,25 +39,53 @@ constexpr int PAIR_K = 8;  // K covered by one pair-step (two 16x4 byte domains)
 // quad t / 4 at e = t % 4) hold row pair P's 48 bits at byte 6P, the field of
 // row 2P + f at bit 12e + 6f. The buffer ends with 16 spare bytes.
 constexpr int QUAD24 = 48;
+static_assert(QUAD24 * 8 == 4 * ROWS * 6, "a quad: 4 pair-steps of 16 rows' 6-bit fields");
+static_assert(4 * ROWS == 64, "2:4 values: one byte per row and kept code, two pair-steps to a 64-byte load");
 static const uint8_t PAIR24[8][2] = {{0, 1}, {0, 2}, {1, 2}, {0, 3}, {1, 3}, {2, 3}, {0, 1}, {0, 1}};
 static const uint8_t SLOT_CODE[4] = {0, 2, 1, 3};  // slot -> kept code index j
 
-struct FastLayout {
-  int kind = 0;
-  int out = 0;        // logical rows
-  int blocks = 0;     // row blocks, ceil(out / 16)
-  int kk = 0;         // K the kernel runs over: padded_in rounded up to 8
-  int group = 0;      // quantization group length along K (multiple of 8)
-  int groups = 0;
-  int steps = 0;      // pair-steps per group
-  int vbytes = 0;
-  int mbytes = 0;
+// Bytes per pair-step and row block of each fast layout's codes and metadata
+// (2:4 interleaves its pair-steps, see vals24_stride, but holds as many); the
+// SIMD kernels load these sizes as compile-time constants.
+constexpr int fast_vbytes(int kind) { return kind == KIND_DENSE ? 64 : kind == KIND_14 ? 16 : 32; }
+constexpr int fast_mbytes(int kind) {
+  return kind == KIND_DENSE ? 0 : kind == KIND_14 ? 8 : kind == KIND_24 ? 12 : 16;
+}
+static_assert(2 * fast_vbytes(KIND_DENSE) == ROWS * PAIR_K, "dense: all 8 codes of a row, two to a byte");
+static_assert(2 * fast_vbytes(KIND_48) == ROWS * 4 && 2 * fast_vbytes(KIND_24) == ROWS * 4, "4:8, 2:4 keep 4 of 8");
+static_assert(2 * fast_vbytes(KIND_14) == ROWS * 2, "1:4 keeps 2 of 8");
+static_assert(fast_mbytes(KIND_48) == 2 * sizeof(uint64_t), "4:8: a 64-bit keep mask per 16x4 domain");
+static_assert(fast_mbytes(KIND_14) == 2 * sizeof(uint32_t), "1:4: 16 rows' 2-bit positions per domain");
+static_assert(8 * fast_mbytes(KIND_24) == ROWS * 6, "2:4: a 6-bit field per row");
+
+// A fast layout's numbers, as prepack computes them. FastParams in
+// nmq/backends/cpu/layout.py mirrors it field for field and hands it over by
+// field name (tests/backends/cpu/test_layout.py compares names, sizes and
+// offsets); the size asserted below is a reminder, when a field is added, to
+// bind it (nmq_cpu.cpp) and mirror it.
+struct FastParams {
+  int32_t kind = 0;
+  int32_t out = 0;          // logical rows
+  int32_t blocks = 0;       // row blocks, ceil(out / 16)
+  int32_t kk = 0;           // K the kernel runs over: padded_in rounded up to 8
+  int32_t group = 0;        // quantization group length along K (multiple of 8)
+  int32_t groups = 0;
+  int32_t steps = 0;        // pair-steps per group
+  int32_t vbytes = 0;       // fast_vbytes(kind)
+  int32_t mbytes = 0;       // fast_mbytes(kind)
+  int32_t in_features = 0;  // K of the activations, zero padded to kk
   bool symmetric = true;
+};
+static_assert(sizeof(FastParams) == 11 * sizeof(int32_t), "FastParams changed: update its binding and layout.py");
+static_assert(std::is_trivially_copyable_v<FastParams>);
+
+struct FastLayout : FastParams {
   const uint8_t* vals = nullptr;     // [blocks][groups][steps][vbytes]; 2:4: [blocks][vals24_stride]
   const uint8_t* meta = nullptr;     // [blocks][groups][steps][mbytes]; 2:4: [blocks][meta24_stride] + 16
   const uint16_t* scales = nullptr;  // fp16 [blocks][groups][16]
   const uint8_t* zeros = nullptr;    // [blocks][groups][8]: byte i = z[i] | z[i + 8] << 4
 };
+static_assert(std::is_trivially_copyable_v<FastLayout>);
 
 // Bytes of one row block's 2:4 metadata.
 static inline size_t meta24_stride(const FastLayout& L) {
@@ -66,17 +97,38 @@ static inline size_t vals24_stride(const FastLayout& L) {
   return size_t((L.groups * L.steps + 1) / 2) * 64;
 }
 
-// The canonical NMQTensor bytes, decoded row by row (any N:M, any width).
-struct GenericLayout {
-  int out = 0;
-  int padded_in = 0;
-  int n = 0, m = 0;
-  int bits = 0;
-  int group = 0;
-  int groups = 0;
-  int meta_kind = 0;   // 0 dense, 1 index, 2 rank
-  int meta_width = 0;  // bits per metadata code
+// How the canonical bytes say which weights a row keeps.
+enum MetaKind : int32_t { META_DENSE = 0, META_INDEX = 1, META_RANK = 2 };
+
+// The canonical layout's patterns, widths and metadata: M up to the format's MAX_M.
+constexpr int GENERIC_MAX_M = 16;
+constexpr int GENERIC_MAX_BITS = 8;
+constexpr int64_t choose(int n, int k) { return k == 0 ? 1 : choose(n - 1, k - 1) * n / k; }
+constexpr int bits_for(int64_t count) { return count <= 1 ? 0 : 1 + bits_for((count + 1) / 2); }
+// The widest metadata field: the rank of 8 kept of 16 (index fields take 4 bits).
+constexpr int GENERIC_MAX_META_WIDTH = bits_for(choose(GENERIC_MAX_M, GENERIC_MAX_M / 2));
+static_assert(GENERIC_MAX_META_WIDTH == 14);
+// read_bits gathers 3 bytes from any bit offset: enough for any code or metadata field.
+static_assert(GENERIC_MAX_META_WIDTH + 7 <= 24 && GENERIC_MAX_BITS + 7 <= 24);
+
+// The numbers of the canonical NMQTensor bytes, mirrored like FastParams.
+struct GenericParams {
+  int32_t out = 0;
+  int32_t in_features = 0;
+  int32_t padded_in = 0;
+  int32_t n = 0, m = 0;
+  int32_t bits = 0;
+  int32_t group = 0;
+  int32_t groups = 0;
+  int32_t meta_kind = META_DENSE;
+  int32_t meta_width = 0;  // bits per metadata code
   bool symmetric = true;
+};
+static_assert(sizeof(GenericParams) == 11 * sizeof(int32_t), "GenericParams changed: update its binding and layout.py");
+static_assert(std::is_trivially_copyable_v<GenericParams>);
+
+// The canonical NMQTensor bytes, decoded row by row (any N:M, any width).
+struct GenericLayout : GenericParams {
   const uint8_t* values = nullptr;
   int64_t vstride = 0;
   const uint8_t* meta = nullptr;
@@ -86,6 +138,7 @@ struct GenericLayout {
   int64_t zstride = 0;
   const uint8_t* table = nullptr;    // rank -> ascending positions [C(m, n)][n]
 };
+static_assert(std::is_trivially_copyable_v<GenericLayout>);
 
 // Activations quantized per (token, group): int8 codes, fp32 scales and the
 // int32 sum of the codes of each group (used to remove the zero-point term).
@@ -131,43 +184,58 @@ struct Attn {
   bool out_narrow = false;
 };
 
-struct Ops {
-  const char* name;
+// Each ISA level's entry points, in three tables (matmul, decode step, Gram)
+// that its translation unit fills by field name; a null entry is a kernel the
+// level lacks.
+struct MatmulOps {
   // Token range [t0, t1) of: quantize x [tokens][kk] (fp32, zero padded) into a.
-  void (*quantize)(const float* x, int t0, int t1, const Act8& a);
-  void (*group_sums)(const float* x, int t0, int t1, const ActF& a);
+  void (*quantize)(const float* x, int t0, int t1, const Act8& a) = nullptr;
+  void (*group_sums)(const float* x, int t0, int t1, const ActF& a) = nullptr;
   // Row blocks [b0, b1) of the fast layout; y [tokens][out]; P optional
   // [tokens][out][groups].
-  void (*fast_w4a8)(const FastLayout& L, const Act8& a, int b0, int b1, float* y, int32_t* P);
-  void (*fast_w4a16)(const FastLayout& L, const ActF& a, int b0, int b1, float* y);
+  void (*fast_w4a8)(const FastLayout& L, const Act8& a, int b0, int b1, float* y, int32_t* P) = nullptr;
+  void (*fast_w4a16)(const FastLayout& L, const ActF& a, int b0, int b1, float* y) = nullptr;
   // bf16 activations (a.xb) with bf16 dot products; null where the CPU lacks them.
-  void (*fast_w4a16_bf16)(const FastLayout& L, const ActF& a, int b0, int b1, float* y);
+  void (*fast_w4a16_bf16)(const FastLayout& L, const ActF& a, int b0, int b1, float* y) = nullptr;
   // Rows [r0, r1) of the canonical layout.
-  void (*generic_w4a8)(const GenericLayout& L, const Act8& a, int r0, int r1, float* y, int32_t* P);
-  void (*generic_w4a16)(const GenericLayout& L, const ActF& a, int r0, int r1, float* y);
+  void (*generic_w4a8)(const GenericLayout& L, const Act8& a, int r0, int r1, float* y, int32_t* P) = nullptr;
+  void (*generic_w4a16)(const GenericLayout& L, const ActF& a, int r0, int r1, float* y) = nullptr;
   // Tokens [t0, t1) of a.pairs24 from a.q, written to out; null on levels
   // whose 2:4 kernels read a.qu instead.
-  void (*pair_table24)(const Act8& a, int t0, int t1, uint8_t* out);
+  void (*pair_table24)(const Act8& a, int t0, int t1, uint8_t* out) = nullptr;
+  // fp32 -> bf16 bits, rounded to nearest even as PyTorch's conversion (bf16 outputs).
+  void (*to_bf16)(const float* src, uint16_t* dst, size_t n) = nullptr;
+};
+
+// The other decode step ops (decode_ops.h); values in the model's dtype, bf16 bits or fp32.
+struct DecodeOps {
   // Heads [h0, h1) of a.
-  void (*attend)(const Attn& a, int h0, int h1);
-  // The other decode step ops (decode_ops.h); values in the model's dtype, bf16 bits or fp32.
-  void (*add_rms_norm)(void* h, const void* add, const void* w, void* out, int n, float eps, bool bf16);
+  void (*attend)(const Attn& a, int h0, int h1) = nullptr;
+  void (*add_rms_norm)(void* h, const void* add, const void* w, void* out, int n, float eps, bool bf16) = nullptr;
   void (*rotate_heads)(const void* src, const void* cos, const void* sin, void* dst, int64_t stride, bool to_f32,
-                       int heads, int dim, bool bf16);
-  void (*silu_mul)(const void* g, const void* u, void* out, int n, bool bf16);
-  // fp32 -> bf16 bits, rounded to nearest even as PyTorch's conversion.
-  void (*to_bf16)(const float* src, uint16_t* dst, size_t n);
+                       int heads, int dim, bool bf16) = nullptr;
+  void (*silu_mul)(const void* g, const void* u, void* out, int n, bool bf16) = nullptr;
+};
+
+struct GramOps {
   // Column tiles [w0, w1) of c += X^T X for bf16 X packed by gram panels
   // (see gram_bf16 in kernels_avx512.cpp); null where the CPU lacks bf16 dot products.
-  void (*gram_bf16)(const uint16_t* packed, int panels, int pairs, float* c, int64_t ldc, int w0, int w1);
+  void (*gram_bf16)(const uint16_t* packed, int panels, int pairs, float* c, int64_t ldc, int w0, int w1) = nullptr;
 };
 
 // Column tiles of gram_bf16: 3 panels of 16 features each.
 constexpr int GRAM_TILE_PANELS = 3;
 
-const Ops* ops_portable();
-const Ops* ops_avx2();
-const Ops* ops_avx512();
-bool cpu_has_avx512_bf16();
+struct Level {
+  const char* name = nullptr;
+  MatmulOps matmul;
+  DecodeOps decode;
+  GramOps gram;
+};
+
+// Null where the build has no such level (not x86).
+const Level* level_portable();
+const Level* level_avx2();
+const Level* level_avx512();
 
 }  // namespace nmq

@@ -75,8 +75,7 @@ static NMQ_INLINE void decode24(const uint8_t* v, int half, const uint8_t* quad,
 
 template <int KIND>
 struct Geometry {
-  static constexpr int VB = KIND == KIND_DENSE ? 64 : KIND == KIND_14 ? 16 : 32;
-  static constexpr int MB = KIND == KIND_DENSE ? 0 : KIND == KIND_14 ? 8 : KIND == KIND_24 ? 12 : 16;
+  static constexpr int VB = fast_vbytes(KIND), MB = fast_mbytes(KIND);
 };
 
 // The four 8-row x 4-K byte domains of a pair-step (A rows 0..7, A rows 8..15,
@@ -340,17 +339,26 @@ static void fast_w4a16_simd(const FastLayout& L, const ActF& a, int b0, int b1, 
 
 }  // namespace avx2
 
-const Ops* ops_avx2() {
-  static const Ops ops = {"avx2", avx2::quantize, avx2::group_sums, avx2::fast_w4a8_simd,
-                          avx2::fast_w4a16_simd, nullptr, avx2::generic_w4a8, avx2::generic_w4a16, nullptr, avx2::attend,
-                          avx2::add_rms_norm, avx2::rotate_heads, avx2::silu_mul, avx2::to_bf16_n,
-                          nullptr};
-  return &ops;
+const Level* level_avx2() {
+  static const Level level = [] {
+    Level l;
+    l.name = "avx2";
+    l.matmul.quantize = avx2::quantize;
+    l.matmul.group_sums = avx2::group_sums;
+    l.matmul.fast_w4a8 = avx2::fast_w4a8_simd;
+    l.matmul.fast_w4a16 = avx2::fast_w4a16_simd;
+    l.matmul.generic_w4a8 = avx2::generic_w4a8;
+    l.matmul.generic_w4a16 = avx2::generic_w4a16;
+    l.matmul.to_bf16 = avx2::to_bf16_n;
+    l.decode = avx2::decode_ops();
+    return l;
+  }();
+  return &level;
 }
 }  // namespace nmq
 
 #else
 namespace nmq {
-const Ops* ops_avx2() { return nullptr; }
+const Level* level_avx2() { return nullptr; }
 }  // namespace nmq
 #endif

@@ -26,18 +26,9 @@ namespace nmq {
 namespace avx512 {
 
 template <int KIND>
-struct Geometry;
-template <>
-struct Geometry<KIND_48> {
-  static constexpr int VB = 32, MB = 16;
-};
-template <>
-struct Geometry<KIND_14> {
-  static constexpr int VB = 16, MB = 8;
-};
-template <>
-struct Geometry<KIND_DENSE> {
-  static constexpr int VB = 64, MB = 0;
+struct Geometry {
+  static_assert(KIND != KIND_24, "2:4 has its own walk (walk24)");
+  static constexpr int VB = fast_vbytes(KIND), MB = fast_mbytes(KIND);
 };
 
 static NMQ_INLINE uint64_t load64(const uint8_t* p) {
@@ -769,18 +760,29 @@ static void gram_bf16(const uint16_t* packed, int panels, int pairs, float* c, i
 
 }  // namespace avx512
 
-const Ops* ops_avx512() {
-  static const Ops ops = {"avx512", avx512::quantize16, avx512::group_sums, avx512::fast_w4a8_simd,
-                          avx512::fast_w4a16_simd, avx512::fast_w4a16_bf16, avx512::generic_w4a8,
-                          avx512::generic_w4a16, avx512::pair_table24, avx512::attend,
-                          avx512::add_rms_norm, avx512::rotate_heads, avx512::silu_mul, avx512::to_bf16_n,
-                          avx512::gram_bf16};
-  return &ops;
+const Level* level_avx512() {
+  static const Level level = [] {
+    Level l;
+    l.name = "avx512";
+    l.matmul.quantize = avx512::quantize16;
+    l.matmul.group_sums = avx512::group_sums;
+    l.matmul.fast_w4a8 = avx512::fast_w4a8_simd;
+    l.matmul.fast_w4a16 = avx512::fast_w4a16_simd;
+    l.matmul.fast_w4a16_bf16 = avx512::fast_w4a16_bf16;
+    l.matmul.generic_w4a8 = avx512::generic_w4a8;
+    l.matmul.generic_w4a16 = avx512::generic_w4a16;
+    l.matmul.pair_table24 = avx512::pair_table24;
+    l.matmul.to_bf16 = avx512::to_bf16_n;
+    l.decode = avx512::decode_ops();
+    l.gram.gram_bf16 = avx512::gram_bf16;
+    return l;
+  }();
+  return &level;
 }
 }  // namespace nmq
 
 #else
 namespace nmq {
-const Ops* ops_avx512() { return nullptr; }
+const Level* level_avx512() { return nullptr; }
 }  // namespace nmq
 #endif

@@ -300,9 +300,9 @@ static void decode_row(const GenericLayout& L, int r, int16_t* w, float* sw) {
   for (int mg = 0; mg < mgroups; ++mg) {
     for (int i = 0; i < L.n; ++i, ++kept) {
       int pos;
-      if (L.meta_kind == 0) {
+      if (L.meta_kind == META_DENSE) {
         pos = i;
-      } else if (L.meta_kind == 1) {
+      } else if (L.meta_kind == META_INDEX) {
         pos = int(read_bits(mr, L.mstride, (int64_t(mg) * L.n + i) * L.meta_width, L.meta_width));
       } else {
         uint32_t rank = read_bits(mr, L.mstride, int64_t(mg) * L.meta_width, L.meta_width);
@@ -401,6 +401,16 @@ static void attend(const Attn& a, int h0, int h1) {
     attend_heads<uint16_t>(a, h0, h1);
   else
     attend_heads<float>(a, h0, h1);
+}
+
+// Every level runs the decode step on these plain loops, compiled with its own flags.
+static DecodeOps decode_ops() {
+  DecodeOps ops;
+  ops.attend = attend;
+  ops.add_rms_norm = add_rms_norm;
+  ops.rotate_heads = rotate_heads;
+  ops.silu_mul = silu_mul;
+  return ops;
 }
 
 }  // namespace NMQ_NS

@@ -3,11 +3,20 @@
 #include "kernels_impl.h"
 
 namespace nmq {
-const Ops* ops_portable() {
-  static const Ops ops = {"portable", portable::quantize, portable::group_sums, portable::fast_w4a8,
-                          portable::fast_w4a16, nullptr, portable::generic_w4a8, portable::generic_w4a16, nullptr, portable::attend,
-                          portable::add_rms_norm, portable::rotate_heads, portable::silu_mul, portable::to_bf16_n,
-                          nullptr};
-  return &ops;
+const Level* level_portable() {
+  static const Level level = [] {
+    Level l;
+    l.name = "portable";
+    l.matmul.quantize = portable::quantize;
+    l.matmul.group_sums = portable::group_sums;
+    l.matmul.fast_w4a8 = portable::fast_w4a8;
+    l.matmul.fast_w4a16 = portable::fast_w4a16;
+    l.matmul.generic_w4a8 = portable::generic_w4a8;
+    l.matmul.generic_w4a16 = portable::generic_w4a16;
+    l.matmul.to_bf16 = portable::to_bf16_n;
+    l.decode = portable::decode_ops();
+    return l;
+  }();
+  return &level;
 }
 }  // namespace nmq
