@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 
 from nmq.hw.config import AcceleratorConfig
-from nmq.hw.sim.driver import VerilatorSim, verilator_reason
+from nmq.hw.sim.harness import VerilatorSim, verilator_reason
 
 
 def verilator_design(tmp_path_factory, cfg: AcceleratorConfig, name: str):

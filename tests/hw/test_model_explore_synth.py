@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import re
 import subprocess
 import sys
 
@@ -94,7 +95,7 @@ def test_config_rejects_out_of_range_values(tmp_path):
 
 
 def _nmq(*args):
-    return subprocess.run([sys.executable, "-m", "nmq", *args], capture_output=True, text=True)
+    return subprocess.run([sys.executable, "-m", "nmq", *args], capture_output=True, text=True, check=False)
 
 
 def test_cli_generate_and_explore(tmp_path):
@@ -105,7 +106,14 @@ def test_cli_generate_and_explore(tmp_path):
     info = json.loads(proc.stdout)
     assert info["config"]["max_m"] == 16 and info["top"] == "nmq_accel"
     text = (tmp_path / "d" / "nmq_accel.v").read_text()
-    assert "module nmq_accel" in text and "cfg_n" in text and "w_ready" in text
+    header = re.search(r"module nmq_accel\((.*?)\);", text, re.DOTALL)
+    # The stream and control interfaces, flattened with "_" (see rtl/generate.py).
+    streams = {f"{s}_{m}" for s in "wzar" for m in ("payload", "valid", "ready")}
+    control = {f"ctl_{m}" for m in ("regs", "start", "busy", "done", "error", "cycles")}
+    assert set(header[1].replace(" ", "").split(",")) == {"clk", "rst"} | streams | control
+    # n and m of 5 bits each (max M 16), then 16 + 32 + 16 + 32 bits of counts.
+    assert "input [105:0] ctl_regs;" in text
+    assert "`ctl_regs` | in | 106 |" in (tmp_path / "d" / "README.md").read_text()
     proc = _nmq("hw", "explore", "--budget", "ultra96v2", "--json")
     assert proc.returncode == 0, proc.stderr
     assert json.loads(proc.stdout)["chosen"]["dsp"] <= BOARDS["ultra96v2"]["dsp"]

@@ -21,10 +21,6 @@ from nmq.hw.sim.amaranth import run_streams
 from nmq.hw.sim.streams import build_streams
 
 
-def _window(acts: list[int]) -> int:
-    return int.from_bytes(bytes(a & 0xFF for a in acts), "little")
-
-
 @pytest.mark.parametrize("max_m", [4, 5, 8])
 def test_pe_selects_by_position_and_dumps_per_group(max_m):
     """Random (value, position) steps: the PE's shadow holds sum(value * window[position]) of each group."""
@@ -40,18 +36,18 @@ def test_pe_selects_by_position_and_dumps_per_group(max_m):
     async def bench(ctx):
         for g in groups:
             for i, (v, p, acts) in enumerate(g):
-                ctx.set(pe.w_val, v)
-                ctx.set(pe.w_pos, p)
-                ctx.set(pe.a_win, _window(acts))
-                ctx.set(pe.w_valid, 1)
-                ctx.set(pe.w_last, i == len(g) - 1)
+                ctx.set(pe.w.val, v)
+                ctx.set(pe.w.pos, p)
+                ctx.set(pe.a_win, acts)
+                ctx.set(pe.w.valid, 1)
+                ctx.set(pe.w.last, i == len(g) - 1)
                 await ctx.tick()
                 # A bubble between steps must not change the sum.
-                ctx.set(pe.w_valid, 0)
-                ctx.set(pe.w_val, int(rng.integers(-255, 256)))
+                ctx.set(pe.w.valid, 0)
+                ctx.set(pe.w.val, int(rng.integers(-255, 256)))
                 await ctx.tick()
             got.append(ctx.get(pe.shadow))
-            assert ctx.get(pe.w_last_o) == 0
+            assert ctx.get(pe.w_o.last) == 0
 
     sim = Simulator(pe)
     sim.add_clock(1e-8)
@@ -90,7 +86,7 @@ CASES = [
 def test_array_bit_exact_with_reference(geom, pattern, bits, group, symmetric, tokens, buffer):
     r, c, max_m, wb = geom
     cfg = AcceleratorConfig(rows=r, cols=c, max_m=max_m, weight_bits=wb, act_buffer_depth=buffer)
-    t, ref, s = _case(cfg, pattern, bits, group, symmetric, tokens, seed=zlib.crc32(pattern.encode()))
+    _, ref, s = _case(cfg, pattern, bits, group, symmetric, tokens, seed=zlib.crc32(pattern.encode()))
     assert ref.abs().max() > 0
     # K = 70 padded: at most 70 M-groups per pass, so a 64-window buffer holds most cases' passes.
     assert s.reuse == (buffer >= s.groups * s.windows)
@@ -104,7 +100,7 @@ def test_activation_buffer_replays_a_token_tile(pattern, group, k):
     """Activations streamed once per token tile, replayed for every row tile, under back-pressure;
     N = 1 and one-window passes exercise the buffer's read-ahead."""
     cfg = AcceleratorConfig(rows=2, cols=2, max_m=8, weight_bits=4, act_buffer_depth=16)
-    t, ref, s = _case(cfg, pattern, 4, group, False, 3, out=7, k=k, seed=k)
+    _, ref, s = _case(cfg, pattern, 4, group, False, 3, out=7, k=k, seed=k)
     assert s.reuse and s.row_tiles == 4
     assert len(s.acts) == s.token_tiles * s.groups * s.windows
     for stall in (0.0, 0.3):
@@ -115,7 +111,7 @@ def test_activation_buffer_replays_a_token_tile(pattern, group, k):
 def test_array_survives_random_backpressure():
     """Inputs withheld and results refused at random: same results, more cycles."""
     cfg = AcceleratorConfig(rows=3, cols=3, max_m=8, weight_bits=8)
-    t, ref, s = _case(cfg, "2:8", 8, 16, False, 4, seed=5)
+    _, ref, s = _case(cfg, "2:8", 8, 16, False, 4, seed=5)
     words, cycles = run_streams(cfg, s, stall=0.35, seed=11)
     assert torch.equal(s.unpack_results(words), ref)
     assert cycles > run_cycles(cfg, s.total_groups, s.windows * s.n)
@@ -125,7 +121,7 @@ def test_one_design_runs_every_pattern():
     """N and M are runtime registers: one elaborated array, several patterns."""
     cfg = AcceleratorConfig(rows=2, cols=2, max_m=8, weight_bits=4)
     for pattern in ("1:4", "3:8", "8:8"):
-        t, ref, s = _case(cfg, pattern, 4, 16, True, 2, out=3, k=32, seed=7)
+        _, ref, s = _case(cfg, pattern, 4, 16, True, 2, out=3, k=32, seed=7)
         words, _ = run_streams(cfg, s)
         assert torch.equal(s.unpack_results(words), ref), pattern
 

@@ -61,3 +61,21 @@ def test_streams_refuse_what_the_array_cannot_run():
         build_streams(t, q, AcceleratorConfig(max_m=8, weight_bits=8))
     with pytest.raises(HardwareError, match="weight width 4"):
         build_streams(t, q, AcceleratorConfig(max_m=16, weight_bits=4))
+
+
+def test_register_words_follow_the_rtl_struct():
+    """The host packs ``ctl_regs`` without Amaranth; the bits are those of the RTL's data layout."""
+    pytest.importorskip("amaranth", reason="Amaranth HDL is not installed")
+    from nmq.hw.rtl.layouts import registers
+
+    cfg = AcceleratorConfig(rows=2, cols=3, max_m=16, weight_bits=4, act_buffer_depth=8)
+    t = nmq.compress_weight(torch.randn(5, 64), pattern="3:16", bits=4, group_size=32)
+    q, _ = quantized_activations(torch.randn(2, 64), t)
+    s = build_streams(t, q, cfg)
+    assert s.reuse and s.registers() == {"n": 3, "m": 16, "windows": 2, "groups": 3 * 2, "row_tiles": 3,
+                                         "pass_windows": 4}
+    want = registers(cfg).const(s.registers()).as_value().value
+    assert int.from_bytes(s.register_words().tobytes(), "little") == want
+    s.groups = 1 << 31          # 3 row tiles of 2**31 groups: past the 32-bit register
+    with pytest.raises(HardwareError, match="groups=.*32 bits"):
+        s.register_words()

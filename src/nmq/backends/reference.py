@@ -7,7 +7,8 @@ obviously right, slow.
 * ``w4a8``: activations quantized per (token, group) to int8
   (:func:`nmq.compress.quant.quantize_activations`); for every (token, row, group) the
   partial sum ``P = sum((c_w - z) * q_x)`` exact in int32 (:func:`partial_sums`);
-  ``y = sum_g (s_w[g] * s_x[g]) * P[g]`` accumulated over ascending g in fp32.
+  ``y = sum_g (s_w[g] * s_x[g]) * P[g]`` accumulated over ascending g in fp32
+  (:func:`w4a8_epilogue`).
 """
 
 from __future__ import annotations
@@ -64,10 +65,18 @@ def partial_sums(x: torch.Tensor, t: NMQTensor) -> tuple[torch.Tensor, torch.Ten
     return p.to(torch.int32), x_scales
 
 
-def w4a8_matmul(x: torch.Tensor, t: NMQTensor) -> torch.Tensor:
-    p, x_scales = partial_sums(x, t)
+def w4a8_epilogue(p: torch.Tensor, x_scales: torch.Tensor, t: NMQTensor) -> torch.Tensor:
+    """fp32 ``y [tokens, out]`` from int32 ``P [tokens, out, groups]``: ``sum_g (s_w[g] * s_x[g]) * P[g]``, ascending g.
+
+    Separate from :func:`w4a8_matmul` so whatever computes ``P`` elsewhere (the RTL) scales it in the same order.
+    """
     w_scales = t.scales.float()
-    y = torch.zeros(x.shape[0], t.out_features, dtype=torch.float32)
+    y = torch.zeros(p.shape[0], t.out_features, dtype=torch.float32)
     for g in range(t.groups):
         y += (w_scales[:, g].unsqueeze(0) * x_scales[:, g].unsqueeze(1)) * p[:, :, g].float()
     return y
+
+
+def w4a8_matmul(x: torch.Tensor, t: NMQTensor) -> torch.Tensor:
+    p, x_scales = partial_sums(x, t)
+    return w4a8_epilogue(p, x_scales, t)

@@ -15,6 +15,10 @@ from pathlib import Path
 
 from ..errors import NMQError
 
+# Widths of the window and group counters, so of their runtime registers.
+WINDOW_BITS = 16
+GROUP_BITS = 32
+
 
 class HardwareError(NMQError, ValueError):
     """An accelerator configuration, tool or hardware run that cannot be used."""
@@ -74,6 +78,16 @@ class AcceleratorConfig:
     def m_bits(self) -> int:
         """Width of the runtime N and M registers (they hold 1..max_m)."""
         return max(1, self.max_m.bit_length())
+
+    @property
+    def register_fields(self) -> dict[str, int]:
+        """The runtime registers and their widths, low bit first: the layout of the ``ctl_regs`` port.
+
+        Plain widths here rather than an Amaranth layout, so the host packs the
+        registers (``sim/streams.py``) without Amaranth installed.
+        """
+        return {"n": self.m_bits, "m": self.m_bits, "windows": WINDOW_BITS, "groups": GROUP_BITS,
+                "row_tiles": WINDOW_BITS, "pass_windows": GROUP_BITS}
 
     @property
     def wval_bits(self) -> int:

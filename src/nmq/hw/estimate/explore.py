@@ -185,11 +185,11 @@ def explore(budget: dict, model: str = "llama-7b", pattern: tuple[int, int] = (2
 
 
 def format_front(r: dict) -> str:
-    lines = [f"{r['model']} {r['pattern']} {r['bits']}-bit, batch {r['batch']}, {r['clock_mhz']:g} MHz, "
-             f"{r['bandwidth_gbs']:g} GB/s; budget {r['budget']['name']}: LUT {r['budget']['lut']:g}, "
-             f"FF {r['budget']['ff']:g}, DSP {r['budget']['dsp']:g}, BRAM {r['budget']['bram']:g}",
-             f"{'rows':>5} {'cols':>5} {'maxM':>5} {'abuf':>6} {'LUT':>9} {'FF':>9} {'DSP':>6} {'BRAM':>5} "
-             f"{'util':>6} {'tok/s':>10}  bound"]
+    lines = [(f"{r['model']} {r['pattern']} {r['bits']}-bit, batch {r['batch']}, {r['clock_mhz']:g} MHz, "
+              f"{r['bandwidth_gbs']:g} GB/s; budget {r['budget']['name']}: LUT {r['budget']['lut']:g}, "
+              f"FF {r['budget']['ff']:g}, DSP {r['budget']['dsp']:g}, BRAM {r['budget']['bram']:g}"),
+             (f"{'rows':>5} {'cols':>5} {'maxM':>5} {'abuf':>6} {'LUT':>9} {'FF':>9} {'DSP':>6} {'BRAM':>5} "
+              f"{'util':>6} {'tok/s':>10}  bound")]
     for p in r["front"]:
         mark = "  <- chosen" if p == r["chosen"] else ""
         lines.append(f"{p['rows']:>5} {p['cols']:>5} {p['max_m']:>5} {p['act_buffer']:>6} {p['lut']:>9} {p['ff']:>9} "

@@ -30,7 +30,7 @@ def yosys_exe() -> str | None:
 
 
 def yosys_version(exe: str) -> str:
-    proc = subprocess.run([exe, "-V"], capture_output=True, text=True)
+    proc = subprocess.run([exe, "-V"], capture_output=True, text=True, check=False)
     return proc.stdout.strip()
 
 
@@ -79,7 +79,7 @@ def synthesize(design_dir: str | Path, timeout: float | None = None) -> dict:
     t0 = time.perf_counter()
     try:
         proc = subprocess.run([exe, "-q", "-l", "synth.log", "-p", script], cwd=d, capture_output=True,
-                              text=True, timeout=timeout)
+                              text=True, timeout=timeout, check=False)
     except subprocess.TimeoutExpired:
         raise HardwareError(f"yosys did not finish synthesizing {verilog} within {timeout:.0f} s") from None
     seconds = time.perf_counter() - t0

@@ -19,11 +19,12 @@ cycles per group, so the controller never issues groups shorter than C steps
 
 from __future__ import annotations
 
-from amaranth import Cat, Module, Signal, unsigned
-from amaranth.lib import wiring
+from amaranth import Module, Signal
+from amaranth.lib import stream, wiring
 from amaranth.lib.wiring import In, Out
 
 from ..config import AcceleratorConfig
+from .layouts import act_beat, array_step, result_beat
 from .pe import ProcessingElement
 
 
@@ -31,20 +32,15 @@ class SystolicArray(wiring.Component):
     def __init__(self, cfg: AcceleratorConfig):
         self.cfg = cfg
         super().__init__({
-            "w_val": In(unsigned(cfg.rows * cfg.wval_bits)),
-            "w_pos": In(unsigned(cfg.rows * cfg.pos_bits)),
-            "w_valid": In(1),
-            "w_last": In(1),
-            "a_win": In(unsigned(cfg.act_beat_bits)),
-            "r_data": Out(unsigned(cfg.result_beat_bits)),
-            "r_valid": Out(1),
+            "w": In(array_step(cfg)),
+            "a_win": In(act_beat(cfg)),
+            # No back-pressure: the whole array stalls on its enable instead.
+            "r": Out(stream.Signature(result_beat(cfg), always_ready=True)),
         })
 
     def elaborate(self, platform):
         cfg = self.cfg
         R, C = cfg.rows, cfg.cols
-        wb, pb, ab, acc = cfg.wval_bits, cfg.pos_bits, cfg.act_bits, cfg.acc_bits
-        win = cfg.max_m * ab
         m = Module()
 
         pes = [[ProcessingElement(cfg) for _ in range(C)] for _ in range(R)]
@@ -60,34 +56,32 @@ class SystolicArray(wiring.Component):
                 sig = reg
             return sig
 
-        # Row skew: weights of row r (with the step's valid/last flags) wait r cycles.
+        # Row skew: weights of row r (with the step's valid/last flags) wait r
+        # cycles; field by field, as only the flags' delay registers are reset.
+        w = self.w
         for r in range(R):
-            val = delayed(self.w_val[r * wb:(r + 1) * wb].as_signed(), r, f"wval_r{r}")
-            pos = delayed(self.w_pos[r * pb:(r + 1) * pb], r, f"wpos_r{r}")
-            vld = delayed(self.w_valid, r, f"wvld_r{r}", data=False)
-            lst = delayed(self.w_last, r, f"wlst_r{r}", data=False)
-            pe = pes[r][0]
-            m.d.comb += [pe.w_val.eq(val), pe.w_pos.eq(pos), pe.w_valid.eq(vld), pe.w_last.eq(lst)]
+            head = pes[r][0].w
+            m.d.comb += [
+                head.val.eq(delayed(w.val[r], r, f"wval_r{r}")),
+                head.pos.eq(delayed(w.pos[r], r, f"wpos_r{r}")),
+                head.valid.eq(delayed(w.valid, r, f"wvld_r{r}", data=False)),
+                head.last.eq(delayed(w.last, r, f"wlst_r{r}", data=False)),
+            ]
             for c in range(1, C):
-                left, pe = pes[r][c - 1], pes[r][c]
-                m.d.comb += [
-                    pe.w_val.eq(left.w_val_o), pe.w_pos.eq(left.w_pos_o),
-                    pe.w_valid.eq(left.w_valid_o), pe.w_last.eq(left.w_last_o),
-                ]
+                m.d.comb += pes[r][c].w.eq(pes[r][c - 1].w_o)
 
         # Column skew: column c's activation windows wait c cycles, then flow down.
         for c in range(C):
-            a = delayed(self.a_win[c * win:(c + 1) * win], c, f"awin_c{c}")
-            m.d.comb += pes[0][c].a_win.eq(a)
+            m.d.comb += pes[0][c].a_win.eq(delayed(self.a_win[c], c, f"awin_c{c}"))
             for r in range(1, R):
                 m.d.comb += pes[r][c].a_win.eq(pes[r - 1][c].a_win_o)
 
         # Result chains and de-skew.
-        outs, valids = [], []
+        valids = []
         for r in range(R):
             row = pes[r]
             load = Signal(name=f"chain_load_r{r}")
-            m.d.comb += load.eq(row[C - 1].w_last_o)
+            m.d.comb += load.eq(row[C - 1].w_o.last)
             remaining = Signal(range(C + 1), name=f"chain_left_r{r}")
             with m.If(load):
                 m.d.sync += remaining.eq(C)
@@ -98,8 +92,8 @@ class SystolicArray(wiring.Component):
                 m.d.comb += row[c].chain_in.eq(row[c + 1].chain_o if c + 1 < C else 0)
             valid = Signal(name=f"chain_valid_r{r}")
             m.d.comb += valid.eq(remaining != 0)
-            outs.append(delayed(row[0].chain_o, R - 1 - r, f"res_r{r}"))
+            m.d.comb += self.r.payload[r].eq(delayed(row[0].chain_o, R - 1 - r, f"res_r{r}"))
             valids.append(delayed(valid, R - 1 - r, f"resv_r{r}", data=False))
 
-        m.d.comb += [self.r_data.eq(Cat(*outs)), self.r_valid.eq(valids[R - 1])]
+        m.d.comb += self.r.valid.eq(valids[R - 1])
         return m

@@ -1,7 +1,7 @@
 """The processing element: one zero-skipping multiply-accumulate.
 
-A PE receives one kept weight per step as a (value, position) pair and the
-M-window of activations that weight belongs to. The position drives a
+A PE receives one kept weight per step as a :func:`~.layouts.pe_step`
+(value, position and the step's flags) and the M-window of activations that weight belongs to. The position drives a
 multiplexer over the window, so a group of M activations with N kept weights
 costs N steps, not M: the pruned zeros are never multiplied.
 
@@ -13,34 +13,28 @@ the row's result chain reads the finished one out.
 
 from __future__ import annotations
 
-from amaranth import Array, Const, Module, Signal, signed, unsigned
+from amaranth import Array, Const, Module, Signal, signed
 from amaranth.lib import wiring
 from amaranth.lib.wiring import In, Out
 
 from ..config import AcceleratorConfig
+from .layouts import act_window, pe_step
 
 
 class ProcessingElement(wiring.Component):
     def __init__(self, cfg: AcceleratorConfig):
         self.cfg = cfg
-        win = cfg.max_m * cfg.act_bits
         super().__init__({
             # weight step, arriving from the left neighbour (or the row skew)
-            "w_val": In(signed(cfg.wval_bits)),
-            "w_pos": In(unsigned(cfg.pos_bits)),
-            "w_valid": In(1),
-            "w_last": In(1),
+            "w": In(pe_step(cfg)),
             # activation window of the same step, arriving from above
-            "a_win": In(unsigned(win)),
+            "a_win": In(act_window(cfg)),
             # result chain: parallel load of every shadow in the row, then shift towards column 0
             "chain_in": In(signed(cfg.acc_bits)),
             "chain_load": In(1),
             "chain_shift": In(1),
-            "w_val_o": Out(signed(cfg.wval_bits)),
-            "w_pos_o": Out(unsigned(cfg.pos_bits)),
-            "w_valid_o": Out(1),
-            "w_last_o": Out(1),
-            "a_win_o": Out(unsigned(win)),
+            "w_o": Out(pe_step(cfg)),
+            "a_win_o": Out(act_window(cfg)),
             "chain_o": Out(signed(cfg.acc_bits)),
             "shadow": Out(signed(cfg.acc_bits)),
         })
@@ -49,15 +43,16 @@ class ProcessingElement(wiring.Component):
         cfg = self.cfg
         m = Module()
         ab = cfg.act_bits
+        w = self.w
         # Pad the multiplexer to a power of two with zeros so an out-of-range
         # position reads zero instead of an undefined lane.
-        lanes = [self.a_win[i * ab:(i + 1) * ab].as_signed() for i in range(cfg.max_m)]
+        lanes = [self.a_win[i] for i in range(cfg.max_m)]
         lanes += [Const(0, signed(ab))] * ((1 << cfg.pos_bits) - cfg.max_m)
         act = Signal(signed(ab))
-        m.d.comb += act.eq(Array(lanes)[self.w_pos])
+        m.d.comb += act.eq(Array(lanes)[w.pos])
 
         prod = Signal(signed(cfg.wval_bits + ab))
-        m.d.comb += prod.eq(self.w_val * act)
+        m.d.comb += prod.eq(w.val * act)
 
         acc = Signal(signed(cfg.acc_bits))
         shadow = Signal(signed(cfg.acc_bits), reset_less=True)
@@ -65,27 +60,31 @@ class ProcessingElement(wiring.Component):
         # int32 wrap-around, as a 32-bit accumulator does; the reference
         # raises before any sum leaves int32, so in range both agree.
         m.d.comb += total.eq(acc + prod)
-        with m.If(self.w_valid):
-            with m.If(self.w_last):
+        with m.If(w.valid):
+            with m.If(w.last):
                 m.d.sync += [shadow.eq(total), acc.eq(0)]
             with m.Else():
                 m.d.sync += acc.eq(total)
 
         # Data registers need no reset: nothing reads them before a valid
         # step or a chain load has written them. Only the flags and the
-        # accumulator are reset, which keeps reset muxes off the wide paths.
-        val_o = Signal.like(self.w_val, reset_less=True)
-        pos_o = Signal.like(self.w_pos, reset_less=True)
+        # accumulator are reset, which keeps reset muxes off the wide paths;
+        # hence a register per field rather than one for the whole step.
+        val_o = Signal.like(w.val, reset_less=True)
+        pos_o = Signal.like(w.pos, reset_less=True)
+        valid_o = Signal()
+        last_o = Signal()
         win_o = Signal.like(self.a_win, reset_less=True)
         chain = Signal.like(self.chain_o, reset_less=True)
         m.d.sync += [
-            val_o.eq(self.w_val),
-            pos_o.eq(self.w_pos),
+            val_o.eq(w.val),
+            pos_o.eq(w.pos),
+            valid_o.eq(w.valid),
+            last_o.eq(w.last & w.valid),
             win_o.eq(self.a_win),
-            self.w_valid_o.eq(self.w_valid),
-            self.w_last_o.eq(self.w_last & self.w_valid),
         ]
-        m.d.comb += [self.w_val_o.eq(val_o), self.w_pos_o.eq(pos_o), self.a_win_o.eq(win_o),
+        m.d.comb += [self.w_o.val.eq(val_o), self.w_o.pos.eq(pos_o), self.w_o.valid.eq(valid_o),
+                     self.w_o.last.eq(last_o), self.a_win_o.eq(win_o),
                      self.chain_o.eq(chain), self.shadow.eq(shadow)]
         with m.If(self.chain_load):
             m.d.sync += chain.eq(shadow)

@@ -11,9 +11,10 @@ With an activation buffer in the design (``act_buffer_depth`` at least the
 M-groups of one pass), the activations of a token tile are streamed once
 and the array replays them for the other row tiles.
 
-Beats are packed little end first into 32-bit words, exactly as the ports in
-``rtl/top.py`` lay them out, so the Verilator harness copies words and never
-touches bits.
+Beats are packed little end first into 32-bit words, exactly as the port
+layouts of ``rtl/layouts.py`` lay them out, so the Verilator harness copies
+words and never touches bits. The runtime registers (the ``ctl_regs`` struct)
+are packed the same way, from ``AcceleratorConfig.register_fields``.
 """
 
 from __future__ import annotations
@@ -24,7 +25,7 @@ import numpy as np
 import torch
 
 from ...format.tensor import NMQTensor
-from ..config import AcceleratorConfig, HardwareError
+from ..config import WINDOW_BITS, AcceleratorConfig, HardwareError
 
 
 @dataclass
@@ -59,8 +60,20 @@ class Streams:
         return self.total_groups * self.cfg.cols
 
     def registers(self) -> dict[str, int]:
-        return {"cfg_n": self.n, "cfg_m": self.m, "cfg_windows": self.windows, "cfg_groups": self.total_groups,
-                "cfg_row_tiles": self.row_tiles if self.reuse else 1, "cfg_pass_windows": self.groups * self.windows}
+        """The fields of the design's runtime registers (``regs`` of its control interface)."""
+        return {"n": self.n, "m": self.m, "windows": self.windows, "groups": self.total_groups,
+                "row_tiles": self.row_tiles if self.reuse else 1, "pass_windows": self.groups * self.windows}
+
+    def register_words(self) -> np.ndarray:
+        """The registers as the ``ctl_regs`` port's 32-bit words, fields in layout order from the low bit."""
+        value, lo = 0, 0
+        regs = self.registers()
+        for name, width in self.cfg.register_fields.items():
+            if not 0 <= regs[name] < 1 << width:
+                raise HardwareError(f"runtime register {name}={regs[name]} does not fit its {width} bits")
+            value |= regs[name] << lo
+            lo += width
+        return np.frombuffer(value.to_bytes(-(-lo // 32) * 4, "little"), "<u4")
 
     # -- word images of the ports ---------------------------------------------
 
@@ -96,9 +109,9 @@ def check_fits(t: NMQTensor, cfg: AcceleratorConfig) -> None:
         raise HardwareError(f"weight codes of {t.bits} bits exceed the array's weight width {cfg.weight_bits}; "
                             f"accepted bits <= {cfg.weight_bits}, or generate with --weight-bits {t.bits}")
     windows = t.group // p.m
-    if windows >= 1 << 16:
+    if windows >= 1 << WINDOW_BITS:
         raise HardwareError(f"a quantization group of {t.group} weights is {windows} M-groups; "
-                            "the array's window counter holds at most 65535")
+                            f"the array's window counter holds at most {(1 << WINDOW_BITS) - 1}")
 
 
 def build_streams(t: NMQTensor, q: torch.Tensor, cfg: AcceleratorConfig) -> Streams:
