@@ -39,22 +39,23 @@ import statistics
 import sys
 from collections.abc import Callable
 from dataclasses import dataclass, replace
+from functools import partial
 
 import torch
 
 from ..errors import NMQError
+from ..progress import say
+from ..shapes import linear_shapes
+from .common import BenchError, check_runs, parse_ints, parse_names, select_shapes
 
-SHAPE_SETS = {
-    "square": [(4096, 4096)],
-    "llama-7b": [(4096, 4096), (11008, 4096), (4096, 11008)],
-}
+SHAPE_SETS = {"square": [("square", 4096, 4096)], "llama-7b": linear_shapes("llama-7b")}
 SHAPE_SETS["all"] = SHAPE_SETS["llama-7b"]
 KERNELS = ("cublas-fp16", "nmq-dense-int4", "cusparselt-2:4-fp16", "nmq-2:4-int4", "cusparselt-2:4-from-int4")
 DEFAULT_BATCHES = "1,16,64,128"
 MAX_COPY_BYTES = 8 << 30
 
 
-class GpuBenchError(NMQError, ValueError):
+class GpuBenchError(BenchError):
     """Bad options for the GPU benchmark, or a machine it cannot run on."""
 
 
@@ -78,50 +79,39 @@ class Case:
     weight_bytes: int
     calls: list[Callable[[torch.Tensor], torch.Tensor]]
 
+    def run(self, x: torch.Tensor) -> None:
+        for call in self.calls:
+            call(x)
+
 
 def run_gpu(args: argparse.Namespace) -> int:
-    """Run the benchmark; returns the exit status (2, with one line on stderr, without CUDA)."""
+    """Run the benchmark; returns the exit status (GpuBenchError without CUDA)."""
     if not torch.cuda.is_available():
-        print("nmq: error: bench kernels --device cuda needs a CUDA device and none is visible "
-              "(torch.cuda.is_available() is False)", file=sys.stderr)
-        return 2
-    try:
-        records = _run(args)
-    except NMQError as exc:
-        print(f"nmq: error: {exc}", file=sys.stderr)
-        return 2
-    if getattr(args, "json", False):
-        print(json.dumps(records, indent=2))
-    else:
-        print(format_table(records))
+        raise GpuBenchError("bench kernels --device cuda needs a CUDA device and none is visible "
+                            "(torch.cuda.is_available() is False)")
+    records = _run(args)
+    print(json.dumps(records, indent=2) if args.json else format_table(records))
     return 0
 
 
 def _run(args: argparse.Namespace) -> list[dict]:
     shapes = _shapes(args)
-    batches = _batches(getattr(args, "batch", None) or DEFAULT_BATCHES)
-    kernels = _kernels(getattr(args, "kernels", None))
-    runs, warmup = getattr(args, "runs", 20), max(1, getattr(args, "warmup", 3))
-    min_copies = max(1, getattr(args, "layers", 1) or 1)
-    if runs < 10:
-        raise GpuBenchError(f"--runs {runs}: every figure is a median of at least 10 runs")
-    quiet = getattr(args, "quiet", False)
-
-    def say(msg: str) -> None:
-        if not quiet:
-            print(msg, file=sys.stderr, flush=True)
-
+    batches = _batches(args.batch or DEFAULT_BATCHES)
+    kernels = _kernels(args.kernels)
+    runs, warmup = check_runs(args.runs, GpuBenchError), max(1, args.warmup)
+    min_copies = max(1, args.layers)
+    note = partial(say, enabled=not args.quiet)
     props = torch.cuda.get_device_properties(0)
     device = f"{props.name} (sm_{props.major}{props.minor}, {props.total_memory / 2**30:.0f} GiB)"
-    kernels = _runnable(kernels, say)
-    say(f"{device}: measuring peaks")
+    kernels = _runnable(kernels, note)
+    note(f"{device}: measuring peaks")
     bandwidth, peak = measure_bandwidth(), measure_fp16_peak()
-    say(f"copy bandwidth {bandwidth / 1e9:.0f} GB/s, cuBLAS fp16 {peak / 1e12:.0f} TFLOP/s")
+    note(f"copy bandwidth {bandwidth / 1e9:.0f} GB/s, cuBLAS fp16 {peak / 1e12:.0f} TFLOP/s")
     l2 = int(getattr(props, "L2_cache_size", 50 << 20))
     records: list[dict] = []
     gen = torch.Generator().manual_seed(0)
     for out, k in shapes:
-        say(f"{out}x{k}: building weights")
+        note(f"{out}x{k}: building weights")
         cases = _build(out, k, kernels, l2, min_copies, gen)
         for batch in batches:
             x = torch.randn(batch, k, generator=gen).half().cuda()
@@ -140,49 +130,27 @@ def _run(args: argparse.Namespace) -> list[dict]:
                     "floor_ms": max(moved / bandwidth, flops / peak) * 1e3,
                     "copies": len(case.calls), "device": device,
                 })
-            say(f"  batch {batch}: done")
+            note(f"  batch {batch}: done")
         del cases
         torch.cuda.empty_cache()
     return records
 
 
 def _shapes(args) -> list[tuple[int, int]]:
-    shape = getattr(args, "shape", None)
-    if shape:
-        try:
-            o, i = (int(v) for v in shape.lower().split("x"))
-        except ValueError:
-            raise GpuBenchError(f"--shape {shape!r}: accepted: OUTxIN, e.g. 4096x4096") from None
-        if o < 1 or i < 1:
-            raise GpuBenchError(f"--shape {shape!r}: both sizes must be positive")
-        return [(o, i)]
-    name = getattr(args, "shapes", None) or "all"
-    if name not in SHAPE_SETS:
-        raise GpuBenchError(f"--shapes {name!r} is unknown; accepted: {', '.join(SHAPE_SETS)} (or --shape OUTxIN)")
-    return list(SHAPE_SETS[name])
+    """The distinct matrices: a decoder layer's that share a shape would time the same kernel again."""
+    chosen = select_shapes(args.shape, args.shapes or "all", SHAPE_SETS, GpuBenchError)
+    return list(dict.fromkeys((o, i) for _, o, i in chosen))
 
 
 def _batches(text: str) -> list[int]:
-    try:
-        vals = [int(v) for v in str(text).split(",") if v.strip()]
-    except ValueError:
-        raise GpuBenchError(f"--batch {text!r}: accepted: comma-separated positive integers") from None
-    if not vals or any(v < 1 or v > 65536 for v in vals):
-        raise GpuBenchError(f"--batch {text!r}: accepted: comma-separated integers in 1..65536")
-    return vals
+    return parse_ints(text, "--batch", 65536, GpuBenchError)
 
 
 def _kernels(text: str | None) -> list[str]:
-    if not text:
-        return list(KERNELS)
-    names = [n.strip() for n in text.split(",") if n.strip()]
-    bad = [n for n in names if n not in KERNELS]
-    if bad:
-        raise GpuBenchError(f"--kernels: {', '.join(bad)} unknown; accepted: {', '.join(KERNELS)}")
-    return names
+    return parse_names(text, "--kernels", KERNELS, GpuBenchError) if text else list(KERNELS)
 
 
-def _runnable(kernels: list[str], say) -> list[str]:
+def _runnable(kernels: list[str], note: Callable[[str], None]) -> list[str]:
     from ..backends.cusparselt import CusparseltBackend
     from ..backends.triton import TritonBackend
 
@@ -195,7 +163,7 @@ def _runnable(kernels: list[str], say) -> list[str]:
         else:
             reason = None
         if reason:
-            say(f"skipping {name}: {reason}")
+            note(f"skipping {name}: {reason}")
         else:
             keep.append(name)
     return keep
@@ -276,22 +244,30 @@ def _semi_structured_bytes(s) -> int:
     return rows * cols + rows * cols // 8  # half the values in fp16, 2-bit indices for them
 
 
+def _event_ms(fn: Callable[[], object]) -> float:
+    """Milliseconds of device time ``fn``'s work takes, between two CUDA events."""
+    start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
+    start.record()
+    fn()
+    end.record()
+    end.synchronize()
+    return start.elapsed_time(end)
+
+
+def _median_s(fn: Callable[[], object], runs: int) -> float:
+    # The first two passes pay for allocation and clock ramp-up.
+    return statistics.median([_event_ms(fn) for _ in range(runs + 2)][2:]) / 1e3
+
+
 def _time(cases: list[Case], x: torch.Tensor, runs: int, warmup: int) -> dict[str, float]:
     for _ in range(warmup):
         for case in cases:
-            for call in case.calls:
-                call(x)
+            case.run(x)
     torch.cuda.synchronize()
     samples: dict[str, list[float]] = {c.name: [] for c in cases}
     for _ in range(runs):
         for case in cases:
-            start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
-            start.record()
-            for call in case.calls:
-                call(x)
-            end.record()
-            end.synchronize()
-            samples[case.name].append(start.elapsed_time(end) / len(case.calls))
+            samples[case.name].append(_event_ms(partial(case.run, x)) / len(case.calls))
     return {name: statistics.median(v) for name, v in samples.items()}
 
 
@@ -299,34 +275,14 @@ def measure_bandwidth(nbytes: int = 1 << 30, runs: int = 10) -> float:
     """Device memory bandwidth in bytes/s: a large device-to-device copy (read + write)."""
     src = torch.empty(nbytes, dtype=torch.uint8, device="cuda")
     dst = torch.empty_like(src)
-    times = []
-    for i in range(runs + 2):
-        start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
-        start.record()
-        dst.copy_(src)
-        end.record()
-        end.synchronize()
-        if i >= 2:
-            times.append(start.elapsed_time(end) / 1e3)
-    del src, dst
-    return 2 * nbytes / statistics.median(times)
+    return 2 * nbytes / _median_s(lambda: dst.copy_(src), runs)
 
 
 def measure_fp16_peak(n: int = 8192, runs: int = 10) -> float:
     """Dense fp16 tensor-core rate in FLOP/s: a large cuBLAS matmul."""
     a = torch.randn(n, n, device="cuda", dtype=torch.float16)
     b = torch.randn(n, n, device="cuda", dtype=torch.float16)
-    times = []
-    for i in range(runs + 2):
-        start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
-        start.record()
-        torch.mm(a, b)
-        end.record()
-        end.synchronize()
-        if i >= 2:
-            times.append(start.elapsed_time(end) / 1e3)
-    del a, b
-    return 2 * n**3 / statistics.median(times)
+    return 2 * n**3 / _median_s(lambda: torch.mm(a, b), runs)
 
 
 def format_table(records: list[dict]) -> str:
@@ -349,7 +305,11 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m nmq.bench.gpu", description=__doc__.split("\n")[0])
     add_arguments(parser)
     parser.add_argument("--quiet", action="store_true")
-    return run_gpu(parser.parse_args(argv))
+    try:
+        return run_gpu(parser.parse_args(argv))
+    except NMQError as exc:
+        print(f"nmq: error: {exc}", file=sys.stderr)
+        return 2
 
 
 if __name__ == "__main__":

@@ -30,18 +30,28 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
 import statistics
-import sys
 import textwrap
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import Callable
+from functools import partial
 
 import torch
 
-from ..errors import NMQError
-from ..shapes import linear_shapes, parse_shape
+from ..backends.base import NUMERIC_PATHS
+from ..progress import say
+from ..shapes import linear_shapes
+from .common import (
+    BenchError,
+    at_least,
+    check_runs,
+    cpu_threads,
+    parse_ints,
+    parse_names,
+    select_shapes,
+)
+from .gpu import run_gpu
 
 NMQ_KERNELS = {"nmq-2:4-int4": "2:4", "nmq-4:8-int4": "4:8", "nmq-1:4-int4": "1:4", "nmq-dense-int4": "dense"}
 BASELINES = ("torch-fp32", "torch-bf16", "torch-int4pack", "ort-matmulnbits")
@@ -53,10 +63,6 @@ EXAMPLES = """
       nmq bench kernels --shapes llama-7b --layers 3 --batch 1,128 --json
       nmq bench kernels --shape 4096x4096 --batch 1 --kernels nmq-2:4-int4,ort-matmulnbits
 """
-
-
-class BenchError(NMQError, ValueError):
-    """Benchmark options that cannot be run."""
 
 
 @dataclass
@@ -96,31 +102,16 @@ def add_parser(subparsers: argparse._SubParsersAction, common_parent: argparse.A
 
 def run_kernels(args: argparse.Namespace) -> int:
     """Entry point of ``nmq bench kernels``; returns the exit status."""
-    if getattr(args, "device", "cpu") == "cuda":
-        from .gpu import run_gpu
-
+    if args.device == "cuda":
         return run_gpu(args)
-    args.shapes = args.shapes or "llama-7b"
-    args.batch = args.batch or "1,16,128"
-    shapes = _shapes(args)
-    batches = _ints(args.batch, "--batch")
-    kernels = _kernels(args.kernels)
-    paths = [p.strip() for p in args.paths.split(",") if p.strip()]
-    for p in paths:
-        if p not in ("w4a16", "w4a8"):
-            raise BenchError(f"--paths: {p!r} is unknown; accepted: w4a16, w4a8")
-    if args.layers < 1:
-        raise BenchError(f"--layers {args.layers}: accepted: 1 or more")
-    if args.runs < 10:
-        raise BenchError(f"--runs {args.runs}: every figure is a median of at least 10 runs")
-    threads = args.threads or len(os.sched_getaffinity(0))
-    if threads < 1:
-        raise BenchError(f"--threads {threads}: accepted: 1 or more")
-    quiet = getattr(args, "quiet", False)
-
-    def say(msg: str) -> None:
-        if not quiet:
-            print(msg, file=sys.stderr, flush=True)
+    shapes = select_shapes(args.shape, args.shapes or "llama-7b", {"llama-7b": linear_shapes("llama-7b")})
+    batches = parse_ints(args.batch or "1,16,128", "--batch", 4096)
+    kernels = parse_names(args.kernels, "--kernels", ALL_KERNELS) if args.kernels else list(ALL_KERNELS)
+    paths = parse_names(args.paths, "--paths", NUMERIC_PATHS)
+    at_least(args.layers, "--layers", 1)
+    check_runs(args.runs)
+    threads = cpu_threads(args.threads)
+    note = partial(say, enabled=not args.quiet)
 
     torch.set_num_threads(threads)
     from ..backends.cpu import matmul as cpu_backend
@@ -134,12 +125,12 @@ def run_kernels(args: argparse.Namespace) -> int:
         try:
             import onnxruntime  # noqa: F401
         except ImportError:
-            say("onnxruntime is not installed (pip install onnxruntime): skipping ort-matmulnbits")
+            note("onnxruntime is not installed (pip install onnxruntime): skipping ort-matmulnbits")
             kernels = [k for k in kernels if k != "ort-matmulnbits"]
 
     gen = torch.Generator().manual_seed(0)
-    say(f"building weights: {len(shapes)} shapes x {args.layers} layers, kernels {', '.join(kernels)}")
-    bench = _Weights(shapes, args.layers, gen, threads, say)
+    note(f"building weights: {len(shapes)} shapes x {args.layers} layers, kernels {', '.join(kernels)}")
+    bench = _Weights(shapes, args.layers, gen, threads, note)
     rows: list[Row] = []
     inputs = {b: {k: torch.randn(b, k, generator=gen) for k in {s[2] for s in shapes}} for b in batches}
     for kernel in kernels:
@@ -148,9 +139,9 @@ def run_kernels(args: argparse.Namespace) -> int:
         except BenchError as exc:
             if kernel in NMQ_KERNELS:
                 raise
-            say(f"skipping {kernel}: {exc}")
+            note(f"skipping {kernel}: {exc}")
     bandwidth = args.bandwidth or measure_bandwidth()
-    say(f"read bandwidth {bandwidth:.1f} GB/s; timing {len(rows)} rows, {args.runs} runs each")
+    note(f"read bandwidth {bandwidth:.1f} GB/s; timing {len(rows)} rows, {args.runs} runs each")
     for batch in batches:
         batch_rows = [r for r in rows if r.batch == batch]
         for _ in range(args.warmup):
@@ -196,8 +187,8 @@ def format_table(records: list[dict], bandwidth: float, threads: int) -> str:
         return None
 
     lines = [f"read bandwidth {bandwidth:.1f} GB/s, {threads} threads; medians over the whole set of shapes x layers",
-             f"{'kernel':<16} {'path':<6} {'batch':>5} {'median ms':>10} {'MB':>8} {'floor ms':>9} "
-             f"{'x floor':>8} {'/ ort':>7} {'/ fp32':>7}"]
+             (f"{'kernel':<16} {'path':<6} {'batch':>5} {'median ms':>10} {'MB':>8} {'floor ms':>9} "
+              f"{'x floor':>8} {'/ ort':>7} {'/ fp32':>7}")]
     for r in records:
         ort, fp32 = find("ort-matmulnbits", r["batch"]), find("torch-fp32", r["batch"])
         ratio_ort = f"{r['median_ms'] / ort:.2f}" if ort else "-"
@@ -225,8 +216,8 @@ class _Weights:
     """One random matrix per distinct shape; every layer holds its own copy of
     each kernel's form of it (distinct memory, so rotating layers defeats caches)."""
 
-    def __init__(self, shapes, layers, gen, threads, say):
-        self.shapes, self.layers, self.threads, self.say = shapes, layers, threads, say
+    def __init__(self, shapes, layers, gen, threads, note):
+        self.shapes, self.layers, self.threads, self.note = shapes, layers, threads, note
         self.dense = {}
         for _, o, i in shapes:
             if (o, i) not in self.dense:
@@ -244,7 +235,7 @@ class _Weights:
         return out
 
     def rows(self, kernel: str, batches, paths, inputs) -> list[Row]:
-        self.say(f"  preparing {kernel}")
+        self.note(f"  preparing {kernel}")
         if kernel in NMQ_KERNELS:
             return self._nmq(kernel, batches, paths, inputs)
         if kernel in ("torch-fp32", "torch-bf16"):
@@ -384,32 +375,4 @@ def _loop(items, op):
         for x, w in items:
             op(x, w)
     return fn
-
-
-def _shapes(args) -> list[tuple[str, int, int]]:
-    if args.shape:
-        return [("matrix", *parse_shape(args.shape, error=BenchError))]
-    if args.shapes != "llama-7b":
-        raise BenchError(f"--shapes {args.shapes!r} is unknown; accepted: llama-7b (or --shape OUTxIN)")
-    return linear_shapes("llama-7b")
-
-
-def _ints(text: str, option: str) -> list[int]:
-    try:
-        vals = [int(v) for v in text.split(",") if v.strip()]
-    except ValueError:
-        raise BenchError(f"{option} {text!r}: accepted: comma-separated positive integers") from None
-    if not vals or any(v < 1 or v > 4096 for v in vals):
-        raise BenchError(f"{option} {text!r}: accepted: comma-separated integers in 1..4096")
-    return vals
-
-
-def _kernels(text: str | None) -> list[str]:
-    if not text:
-        return list(ALL_KERNELS)
-    out = [k.strip() for k in text.split(",") if k.strip()]
-    for k in out:
-        if k not in ALL_KERNELS:
-            raise BenchError(f"--kernels: {k!r} is unknown; accepted: {', '.join(ALL_KERNELS)}")
-    return out
 
