@@ -5,9 +5,9 @@ import torch
 
 import nmq
 from nmq.bench.common import BenchError
-from nmq.bench.e2e_configs import CONFIGS, parse_configs
-from nmq.bench.e2e_models import fpga_estimate
-from nmq.bench.e2e_worker import Spec, serve
+from nmq.bench.e2e.configs import CONFIGS, parse_configs
+from nmq.bench.e2e.models import fpga_estimate
+from nmq.bench.e2e.worker import Spec, serve
 from nmq.cli.main import main
 from nmq.compress.prune import is_nm_sparse
 from nmq.format.pattern import Pattern

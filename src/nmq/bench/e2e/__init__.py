@@ -1,8 +1,8 @@
 """``nmq bench e2e``: token-by-token decoding of a whole model, per configuration.
 
-Each configuration (:mod:`nmq.bench.e2e_configs`) runs in a process of its
-own (:mod:`nmq.bench.e2e_worker`), so peak RSS is that configuration's alone.
-The nmq configurations are timed *side by side* (:mod:`nmq.bench.e2e_driver`):
+Each configuration (:mod:`nmq.bench.e2e.configs`) runs in a process of its
+own (:mod:`nmq.bench.e2e.worker`), so peak RSS is that configuration's alone.
+The nmq configurations are timed *side by side* (:mod:`nmq.bench.e2e.driver`):
 their processes build their models, then take turns decoding, ``--rounds``
 rounds of ``--new-tokens`` tokens each, so a ratio between them is not the
 drift of the machine's memory bandwidth from one minute to the next (on the
@@ -10,7 +10,7 @@ drift of the machine's memory bandwidth from one minute to the next (on the
 minute). The PyTorch baselines (whose models do not fit in memory beside the
 others at LLaMA-7B size) run alone, one after another, ``--rounds``
 generations each; the ``fpga-model`` rows come from the accelerator's cycle
-model. Models (:mod:`nmq.bench.e2e_models`) have random weights, built
+model. Models (:mod:`nmq.bench.e2e.models`) have random weights, built
 directly in their final form; the nmq configurations run the decoder's linear
 layers on the ``--path`` numeric path (default ``w4a8``: int8 activations per
 group of 128, like ONNX Runtime's accuracy level 4), with nmq's thread pool
@@ -25,12 +25,12 @@ from __future__ import annotations
 import argparse
 import json
 
-from ..shapes import SHAPES
-from .common import at_least
-from .e2e_configs import CONFIGS, DEFAULT_CONFIGS, parse_configs
-from .e2e_driver import alone, side_by_side
-from .e2e_models import fpga_estimate
-from .e2e_worker import Spec
+from ...shapes import SHAPES
+from ..common import at_least
+from .configs import CONFIGS, DEFAULT_CONFIGS, parse_configs
+from .driver import alone, side_by_side
+from .models import fpga_estimate
+from .worker import Spec
 
 
 def add_parser(subparsers, common: argparse.ArgumentParser) -> argparse.ArgumentParser:

@@ -13,7 +13,7 @@ from typing import Literal
 
 import torch
 
-from .common import parse_names
+from ..common import parse_names
 
 Kind = Literal["torch", "nmq", "fpga-model"]
 

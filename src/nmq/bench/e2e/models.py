@@ -11,15 +11,15 @@ from __future__ import annotations
 
 import torch
 
-from ..backends import get_backend
-from ..backends.cpu import matmul as cpu_backend
-from ..compress.recipe import Recipe
-from ..format.pattern import Pattern
-from ..hw.config import AcceleratorConfig
-from ..hw.estimate.cycle_model import model_estimate
-from ..models.synthetic import llama_model
-from ..shapes import SHAPES
-from .e2e_configs import Config
+from ...backends import get_backend
+from ...backends.cpu import matmul as cpu_backend
+from ...compress.recipe import Recipe
+from ...format.pattern import Pattern
+from ...hw.config import AcceleratorConfig
+from ...hw.estimate.cycle_model import model_estimate
+from ...models.synthetic import llama_model
+from ...shapes import SHAPES
+from .configs import Config
 
 # The design `nmq hw explore --budget zcu104 --model llama-7b` chooses at batch 1
 # (benchmarks/results/hw-explore.json); its clock and bandwidth are assumptions.

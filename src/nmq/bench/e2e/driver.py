@@ -1,4 +1,4 @@
-"""``nmq bench e2e``'s configurations in their worker processes (:mod:`nmq.bench.e2e_worker`): alone, or side by side.
+"""``nmq bench e2e``'s configurations in their worker processes (:mod:`nmq.bench.e2e.worker`): alone, or side by side.
 
 Side by side, the processes build their models one at a time (a build uses
 every core), then take turns decoding, one round each in an order that
@@ -15,9 +15,9 @@ import subprocess
 import sys
 import tempfile
 
-from ..errors import NMQError
-from ..progress import say
-from .e2e_worker import Spec
+from ...errors import NMQError
+from ...progress import say
+from .worker import Spec
 
 
 def worker_env() -> dict:
@@ -32,7 +32,7 @@ class Worker:
     def __init__(self, config: str, spec: Spec) -> None:
         self.config = config
         self.err = tempfile.TemporaryFile(mode="w+")  # noqa: SIM115 (lives as long as the process, closed by close)
-        self.proc = subprocess.Popen([sys.executable, "-m", "nmq.bench.e2e_worker"], stdin=subprocess.PIPE,
+        self.proc = subprocess.Popen([sys.executable, "-m", "nmq.bench.e2e.worker"], stdin=subprocess.PIPE,
                                      stdout=subprocess.PIPE, stderr=self.err, text=True, env=worker_env())
         self.ask(spec.request(config), "ready")
 

@@ -1,7 +1,7 @@
-"""The process of one ``nmq bench e2e`` configuration: ``python -m nmq.bench.e2e_worker``.
+"""The process of one ``nmq bench e2e`` configuration: ``python -m nmq.bench.e2e.worker``.
 
 Each configuration decodes in a process of its own, so that its peak RSS is
-its own. The driver (:mod:`nmq.bench.e2e_driver`) starts this module and
+its own. The driver (:mod:`nmq.bench.e2e.driver`) starts this module and
 talks to it one line at a time: each request is a JSON object on one line of
 stdin, answered by one JSON object on one line of stdout::
 
@@ -36,13 +36,13 @@ from dataclasses import fields as dataclass_fields
 
 import torch
 
-from ..backends.base import NUMERIC_PATHS
-from ..errors import NMQError
-from ..runtime.generate import generate_ids
-from ..shapes import SHAPES
-from .common import BenchError, at_least, cpu_threads
-from .e2e_configs import CONFIGS, Config
-from .e2e_models import build, decode_record
+from ...backends.base import NUMERIC_PATHS
+from ...errors import NMQError
+from ...runtime.generate import generate_ids
+from ...shapes import SHAPES
+from ..common import BenchError, at_least, cpu_threads
+from .configs import CONFIGS, Config
+from .models import build, decode_record
 
 WARMUP_TOKENS = 4
 
