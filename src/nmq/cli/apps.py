@@ -22,14 +22,16 @@ EXAMPLES = {
 
 
 def add_parsers(sub, common: argparse.ArgumentParser) -> None:
-    p = command(sub, common, "report", "Gather the benchmark results present into one HTML page with plots, and a markdown summary.", EXAMPLES["report"])
+    p = command(sub, common, "report", "Gather the benchmark results present into one HTML page with plots, and a markdown summary.",
+                EXAMPLES["report"])
     p.add_argument("--results", default="benchmarks/results", metavar="DIR",
                    help="directory of --json results: kernels.json, accuracy.json, e2e.json, hw-explore.json")
     p.add_argument("--out", default="report", metavar="DIR", help="where report.html and report.md go (default report/)")
     p.add_argument("--json", action="store_true", help="print what was included and what is missing as JSON")
     p.set_defaults(func=cmd_report)
 
-    p = command(sub, common, "demo", "Compress the built-in model 2:4 + INT4, show storage, check logits, generate text.", EXAMPLES["demo"])
+    p = command(sub, common, "demo", "Compress the built-in model 2:4 + INT4, show storage, check logits, generate text.",
+                EXAMPLES["demo"])
     p.add_argument("--out", metavar="DIR", help="keep the checkpoint in DIR (replaced if it exists)")
     p.add_argument("--tokens", type=int, default=40, help="tokens to generate (default 40)")
     p.add_argument("--json", action="store_true", help="print the results as JSON")

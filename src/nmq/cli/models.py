@@ -36,7 +36,8 @@ EXAMPLES = {
 
 
 def add_parsers(sub, common: argparse.ArgumentParser) -> None:
-    p = command(sub, common, "compress", "Prune and quantize the linear layers of a model and write a checkpoint directory.", EXAMPLES["compress"])
+    p = command(sub, common, "compress", "Prune and quantize the linear layers of a model and write a checkpoint directory.",
+                EXAMPLES["compress"])
     p.add_argument("source", metavar="SRC", help="a Hugging Face model directory, a built-in model (tiny-llama), "
                    "or a bare weight file (.npy, .safetensors, .pt) of 2-D weights")
     p.add_argument("-o", "--output", required=True, metavar="OUT",
@@ -64,12 +65,14 @@ def add_parsers(sub, common: argparse.ArgumentParser) -> None:
     p.add_argument("--json", action="store_true", help="print the storage summary as JSON")
     p.set_defaults(func=cmd_compress)
 
-    p = command(sub, common, "inspect", "Show what a checkpoint or tensor file holds and the storage of every part, bit by bit.", EXAMPLES["inspect"])
+    p = command(sub, common, "inspect", "Show what a checkpoint or tensor file holds and the storage of every part, bit by bit.",
+                EXAMPLES["inspect"])
     p.add_argument("path", metavar="DIR_OR_FILE", help="an nmq checkpoint directory or .safetensors file")
     p.add_argument("--json", action="store_true", help='print {"tensors": [...], "compressed": {...}, "checkpoint": {...}}')
     p.set_defaults(func=cmd_inspect)
 
-    p = command(sub, common, "eval", "Measure a model's perplexity on a text (the held-out reference text by default).", EXAMPLES["eval"])
+    p = command(sub, common, "eval", "Measure a model's perplexity on a text (the held-out reference text by default).",
+                EXAMPLES["eval"])
     p.add_argument("model", metavar="DIR", help="an nmq checkpoint, a Hugging Face model directory, or tiny-llama")
     p.add_argument("--perplexity", nargs="?", const="", metavar="FILE", required=True,
                    help="text file to evaluate on (default: the built-in held-out text)")
@@ -80,7 +83,8 @@ def add_parsers(sub, common: argparse.ArgumentParser) -> None:
     p.add_argument("--json", action="store_true", help='print {"perplexity", "bits_per_token", "tokens", ...}')
     p.set_defaults(func=cmd_eval)
 
-    p = command(sub, common, "generate", "Generate text with a model's KV cache; print prefill time, decode latency and tokens/s.", EXAMPLES["generate"])
+    p = command(sub, common, "generate", "Generate text with a model's KV cache; print prefill time, decode latency and tokens/s.",
+                EXAMPLES["generate"])
     p.add_argument("model", metavar="DIR", help="an nmq checkpoint, a Hugging Face model directory, or tiny-llama")
     p.add_argument("--prompt", default="def ", help="text to continue (default 'def ')")
     p.add_argument("--max-new-tokens", type=int, default=64, help="tokens to generate (default 64)")
