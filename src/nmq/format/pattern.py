@@ -114,7 +114,7 @@ class Pattern:
 
     def rank_to_positions(self, ranks: torch.Tensor) -> torch.Tensor:
         """Ascending position sets ``[..., n]`` (int64) of the given ranks."""
-        table = _unrank_table(self.n, self.m)
+        table = unrank_table(self.n, self.m)
         ranks = ranks.long()
         if ranks.numel() and (ranks.min() < 0 or ranks.max() >= table.shape[0]):
             raise PatternError(f"pattern {self}: rank out of range 0..{table.shape[0] - 1}")
@@ -134,7 +134,7 @@ def _binomials(m: int) -> torch.Tensor:
 
 
 @functools.lru_cache(maxsize=None)
-def _unrank_table(n: int, m: int) -> torch.Tensor:
+def unrank_table(n: int, m: int) -> torch.Tensor:
     """Every n-subset of range(m), ascending, listed in colex (rank) order."""
     subsets = sorted(itertools.combinations(range(m), n), key=lambda s: s[::-1])
     return torch.tensor(subsets, dtype=torch.int64).reshape(len(subsets), n)

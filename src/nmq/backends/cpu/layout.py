@@ -22,7 +22,7 @@ from dataclasses import dataclass, fields, replace
 
 import torch
 
-from ...format.pattern import _unrank_table
+from ...format.pattern import unrank_table
 from ...format.tensor import NMQTensor
 from .ext import native
 
@@ -334,5 +334,5 @@ _TABLES: dict[tuple[int, int], torch.Tensor] = {}
 def _rank_table(n: int, m: int) -> torch.Tensor:
     key = (n, m)
     if key not in _TABLES:
-        _TABLES[key] = _unrank_table(n, m).to(torch.uint8).contiguous()
+        _TABLES[key] = unrank_table(n, m).to(torch.uint8).contiguous()
     return _TABLES[key]
