@@ -17,7 +17,7 @@ from nmq.backends.reference import partial_sums, quantized_activations
 from nmq.hw.sim.harness import HARNESS, VerilatorSim, harness_source
 from nmq.hw.sim.streams import build_streams
 
-ROOT = Path(__file__).resolve().parents[2]
+ROOT = Path(__file__).resolve().parents[3]
 
 
 def test_harness_source_ships_with_the_package():
