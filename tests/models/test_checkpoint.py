@@ -1,5 +1,7 @@
 import copy
 import json
+import os
+import stat
 
 import pytest
 import torch
@@ -181,3 +183,19 @@ def test_released_source_keeps_the_packed_form_only(rng, tmp_path):
     with pytest.raises(ModelError, match="release_source"):
         nmq.save_checkpoint(model, tmp_path / "ck")
     assert not (tmp_path / "ck").exists()
+
+
+def test_checkpoint_keeps_the_chat_template_and_follows_the_umask(compressed, tmp_path):
+    src = tmp_path / "src"
+    src.mkdir()
+    (src / "chat_template.jinja").write_text("{% for m in messages %}{{ m['content'] }}{% endfor %}")
+    (src / "tokenizer_config.json").write_text("{}")
+    old = os.umask(0o027)
+    try:
+        out = nmq.save_checkpoint(compressed, tmp_path / "ck", source_dir=src, source="tiny-llama")
+    finally:
+        os.umask(old)
+    assert (out / "chat_template.jinja").read_text() == (src / "chat_template.jinja").read_text()
+    assert stat.S_IMODE(out.stat().st_mode) == 0o750
+    assert stat.S_IMODE((out / "model.nmq.safetensors").stat().st_mode) == 0o640
+    assert stat.S_IMODE((out / "nmq.json").stat().st_mode) == 0o640

@@ -65,12 +65,14 @@ def perplexity(model: torch.nn.Module, ids: torch.Tensor, window: int = 512, str
         x = torch.zeros(len(group), length, dtype=torch.long)
         for j, (b, e, _) in enumerate(group):
             x[j, : e - b] = ids[b:e]
-        logits = model(input_ids=x, use_cache=False).logits.float()
-        logp = torch.log_softmax(logits[:, :-1], dim=-1)
-        nll = -logp.gather(-1, x[:, 1:].unsqueeze(-1)).squeeze(-1)
+        logits = model(input_ids=x, use_cache=False).logits
         for j, (b, e, first) in enumerate(group):
+            # One window at a time: fp32 log-probabilities of a whole batch over a large vocabulary take GBs.
+            logp = torch.log_softmax(logits[j, :-1].float(), dim=-1)
+            nll = -logp.gather(-1, x[j, 1:].unsqueeze(-1)).squeeze(-1)
             # target at position p (p >= first) is predicted from position p - 1
-            total += float(nll[j, first - 1 : e - b - 1].double().sum())
+            total += float(nll[first - 1 : e - b - 1].double().sum())
             count += e - b - first
+        del logits
     mean = total / count
     return Perplexity(math.exp(mean), mean, count, window, stride)
