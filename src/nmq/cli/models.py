@@ -14,6 +14,7 @@ EXAMPLES = {
     "compress": """
         examples:
           nmq compress tiny-llama -o ckpt/tiny-2of4
+          nmq compress smollm2-135m -o ckpt/smol-2of4
           nmq compress path/to/hf-llama -o ckpt/llama-4of8 --pattern 4:8 --group-size 64 --asymmetric
           nmq compress weight.npy -o weight.nmq.safetensors --metadata index
     """,
@@ -30,6 +31,7 @@ EXAMPLES = {
     "generate": """
         examples:
           nmq generate tiny-llama --prompt "import os"
+          nmq generate smollm2-135m --prompt "The capital of France is"
           nmq generate ckpt/tiny-2of4 --prompt "def main():" --max-new-tokens 64 --backend reference --json
     """,
 }
@@ -38,7 +40,7 @@ EXAMPLES = {
 def add_parsers(sub, common: argparse.ArgumentParser) -> None:
     p = command(sub, common, "compress", "Prune and quantize the linear layers of a model and write a checkpoint directory.",
                 EXAMPLES["compress"])
-    p.add_argument("source", metavar="SRC", help="a Hugging Face model directory, a built-in model (tiny-llama), "
+    p.add_argument("source", metavar="SRC", help="a Hugging Face model directory, a .gguf file, a built-in model (tiny-llama, smollm2-135m), "
                    "or a bare weight file (.npy, .safetensors, .pt) of 2-D weights")
     p.add_argument("-o", "--output", required=True, metavar="OUT",
                    help="checkpoint directory to write (a .safetensors file for a bare weight file)")
@@ -73,7 +75,8 @@ def add_parsers(sub, common: argparse.ArgumentParser) -> None:
 
     p = command(sub, common, "eval", "Measure a model's perplexity on a text (the held-out reference text by default).",
                 EXAMPLES["eval"])
-    p.add_argument("model", metavar="DIR", help="an nmq checkpoint, a Hugging Face model directory, or tiny-llama")
+    p.add_argument("model", metavar="DIR", help="an nmq checkpoint, a Hugging Face model directory, a .gguf file, "
+                   "or a built-in model (tiny-llama, smollm2-135m)")
     p.add_argument("--perplexity", nargs="?", const="", metavar="FILE", required=True,
                    help="text file to evaluate on (default: the built-in held-out text)")
     p.add_argument("--window", type=int, default=512, help="tokens per window (default 512)")
@@ -85,7 +88,8 @@ def add_parsers(sub, common: argparse.ArgumentParser) -> None:
 
     p = command(sub, common, "generate", "Generate text with a model's KV cache; print prefill time, decode latency and tokens/s.",
                 EXAMPLES["generate"])
-    p.add_argument("model", metavar="DIR", help="an nmq checkpoint, a Hugging Face model directory, or tiny-llama")
+    p.add_argument("model", metavar="DIR", help="an nmq checkpoint, a Hugging Face model directory, a .gguf file, "
+                   "or a built-in model (tiny-llama, smollm2-135m)")
     p.add_argument("--prompt", default="def ", help="text to continue (default 'def ')")
     p.add_argument("--max-new-tokens", type=int, default=64, help="tokens to generate (default 64)")
     p.add_argument("--backend", default="auto", help="backend of compressed layers: auto, reference, cpu, triton, cusparselt")

