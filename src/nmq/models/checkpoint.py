@@ -72,6 +72,14 @@ def save_checkpoint(
             continue
         seen[key] = name
         dense[name] = tensor
+    # Non-persistent buffers are outside the state dict. Those of modules without parameters (rotary tables) are
+    # rebuilt from the config at load (materialize_buffers); the others (Gemma's embed_scale, beside the
+    # embedding's weight) are stored, under their own names.
+    state = model.state_dict()
+    buffers = sorted(n for n, _ in model.named_buffers() if n not in state and
+                     any(True for _ in model.get_submodule(n.rpartition(".")[0]).parameters(recurse=False)))
+    for name in buffers:
+        dense[name] = model.get_buffer(name)
     recipe = getattr(model, "nmq_recipe", None)
     record = {
         "format": RECORD_FORMAT,
@@ -81,6 +89,7 @@ def save_checkpoint(
         "tensors": TENSORS_FILE,
         "compressed_layers": sorted(compressed),
         "tied": tied,
+        "buffers": buffers,
     }
     with atomic_dir(out_dir, overwrite=overwrite) as tmp:
         model.config.to_json_file(str(tmp / "config.json"))
@@ -153,10 +162,16 @@ def load_model(ckpt: str | Path, backend: str = "auto", path: str = "w4a16") -> 
     for name, source in record["tied"].items():
         if source in dense:
             dense[name] = dense[source]
+    buffers = {name: dense.pop(name) for name in record.get("buffers", []) if name in dense}
     result = model.load_state_dict(dense, strict=False, assign=True)
     if result.unexpected_keys:
         raise FormatError(f"{ckpt}: tensors {result.unexpected_keys[:3]} do not belong to the model")
     materialize_buffers(model)
+    for name, value in buffers.items():
+        owner, _, attr = name.rpartition(".")
+        module = model.get_submodule(owner)
+        if attr in module._buffers and module._buffers[attr].is_meta:  # rebuilt modules computed their own
+            module._buffers[attr] = value
     missing = [n for n, p in list(model.named_parameters()) + list(model.named_buffers()) if p.is_meta]
     if missing:
         raise FormatError(f"{ckpt}: the checkpoint lacks {missing[:3]}")
