@@ -62,9 +62,7 @@ def run_accuracy(cal: Calibration, eval_bytes: int, window: int, stride: int, on
         start = time.perf_counter()
         model = copy.deepcopy(base)
         if row.recipe is not None:
-            # The data-free rows that keep float values go through the calibrated run too (the same blocks, no
-            # statistics used): one code path for every pruning-only row.
-            data = tokens if row.recipe.needs_calibration or not row.quantize else None
+            data = tokens if row.recipe.needs_calibration else None
             compress_model(model, row.recipe, data, progress=progress, quantize=row.quantize, batch=cal.batch)
         seconds = time.perf_counter() - start
         ppl = perplexity(model, ids, window=window, stride=stride, progress=progress)

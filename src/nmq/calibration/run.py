@@ -23,12 +23,13 @@ one Hessian.
 from __future__ import annotations
 
 import time
+from dataclasses import replace
 
 import torch
 
 from ..compress.methods import compress_layer
 from ..compress.recipe import Recipe
-from ..compress.weight import compress_padded
+from ..compress.weight import compress_padded, compress_with
 from ..errors import ModelError, NMQError
 from ..format.tensor import padded_k
 from ..progress import progress as progress_bar
@@ -67,7 +68,12 @@ def compress_model(model: torch.nn.Module, recipe: Recipe | dict | None = None,
     names = target_layers(model, recipe)
     if not names:
         raise ModelError(f"no linear layer matches targets {recipe.targets!r} outside ignore {list(recipe.ignore)}")
-    if recipe.needs_calibration or not quantize:
+    if not quantize and not recipe.needs_calibration and calibration is None:
+        # Pruning only, without data (magnitude): every layer on its own.
+        for n in names:
+            lin = model.get_submodule(n)
+            lin.weight.data = _pruned(lin, recipe, None).to(lin.weight.dtype)
+    elif recipe.needs_calibration or not quantize:
         if batch is None:
             batch = calibration.batch if isinstance(calibration, Calibration) else DEFAULT_BATCH
         if not isinstance(calibration, torch.Tensor) and recipe.needs_calibration:
@@ -78,26 +84,16 @@ def compress_model(model: torch.nn.Module, recipe: Recipe | dict | None = None,
         _compress_blocks(model, recipe, calibration, batch, progress, quantize)
     else:
         for name in progress_bar(names, total=len(names), desc="compress", enabled=progress):
-            try:
-                layer = NMQLinear.from_linear(model.get_submodule(name), **recipe.compress_kwargs())
-            except NMQError as exc:
-                raise type(exc)(f"layer {name}: {exc}") from None
-            set_submodule(model, name, layer)
+            set_submodule(model, name, _nmq_linear(model.get_submodule(name), recipe, name))
     # The model carries its recipe, as a Hugging Face model carries its quantization_config: save_checkpoint records it.
     model.nmq_recipe = recipe
     return model
 
 
 @torch.no_grad()
-def _compress_blocks(model: torch.nn.Module, recipe: Recipe, tokens: torch.Tensor | None, batch: int,
+def _compress_blocks(model: torch.nn.Module, recipe: Recipe, tokens: torch.Tensor, batch: int,
                      progress: bool, quantize: bool) -> None:
-    """The calibrated run (module doc); data-free methods asked not to quantize take this path without tokens."""
-    if tokens is None:
-        # Pruning only, without data (magnitude): every layer on its own.
-        for n in target_layers(model, recipe):
-            lin = model.get_submodule(n)
-            lin.weight.data = _pruned(lin, recipe, None).to(lin.weight.dtype)
-        return
+    """The calibrated run, block by block (module doc)."""
     prefix, blocks = decoder_blocks(model)
     inputs, kwargs = first_block_inputs(model, blocks, tokens, batch)
     start = time.perf_counter()
@@ -133,13 +129,13 @@ def _compress_blocks(model: torch.nn.Module, recipe: Recipe, tokens: torch.Tenso
             set_submodule(block, n, layer)
     bar.close()
     # Linear layers outside the blocks (lm_head when asked) have no captured inputs: magnitude + RTN.
-    outside = Recipe.from_dict({**recipe.to_dict(), "method": "magnitude"})
+    outside = replace(recipe, method="magnitude")
     for n in target_layers(model, recipe):
         if n.startswith(prefix + "."):
             continue
         lin = model.get_submodule(n)
         if quantize:
-            set_submodule(model, n, NMQLinear.from_linear(lin, **outside.compress_kwargs()))
+            set_submodule(model, n, _nmq_linear(lin, outside, n))
         else:
             lin.weight.data = _pruned(lin, outside, None).to(lin.weight.dtype)
 
@@ -163,6 +159,13 @@ def _compress_group(layers: dict[str, torch.nn.Linear], h: torch.Tensor, recipe:
         else:
             lin.weight.data = _pruned(lin, recipe, h, kp).to(lin.weight.dtype)
     return out
+
+
+def _nmq_linear(lin: torch.nn.Linear, recipe: Recipe, name: str) -> NMQLinear:
+    try:
+        return NMQLinear(compress_with(lin.weight, recipe), lin.bias)
+    except NMQError as exc:
+        raise type(exc)(f"layer {name}: {exc}") from None
 
 
 def _padded_weight(lin: torch.nn.Linear, kp: int) -> torch.Tensor:

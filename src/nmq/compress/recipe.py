@@ -87,19 +87,6 @@ class Recipe:
             raise RecipeError(f"recipe: unknown field(s) {sorted(unknown)}; accepted: {sorted(known)}")
         return cls(**d)
 
-    def compress_kwargs(self) -> dict:
-        """Arguments for :func:`nmq.compress_weight`."""
-        return {
-            "pattern": self.pattern,
-            "bits": self.bits,
-            "group_size": self.group_size,
-            "symmetric": self.symmetric,
-            "metadata": self.metadata,
-            "method": self.method.name,
-            "damp": self.damp,
-            "act_order": self.act_order,
-        }
-
     @property
     def needs_calibration(self) -> bool:
         return self.method.needs_calibration

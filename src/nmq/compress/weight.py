@@ -48,9 +48,14 @@ def compress_weight(
     """
     recipe = Recipe(pattern=pattern, bits=bits, group_size=group_size, symmetric=symmetric, metadata=metadata,
                     method=method, damp=damp, act_order=act_order)
+    return compress_with(w, recipe, inputs)
+
+
+def compress_with(w, recipe: Recipe, inputs: torch.Tensor | None = None) -> NMQTensor:
+    """:func:`compress_weight` with a parsed recipe (its targets and ignore play no part here)."""
     weight = as_weight(w)
     out, k = weight.shape
-    kp = padded_k(k, recipe.pattern, group_size)
+    kp = padded_k(k, recipe.pattern, recipe.group_size)
     h = None
     if inputs is not None:
         x = torch.as_tensor(inputs).reshape(-1, inputs.shape[-1]).float()

@@ -17,7 +17,7 @@ import torch
 
 from ..atomic import check_new_output
 from ..compress.recipe import Recipe
-from ..compress.weight import as_weight, compress_weight
+from ..compress.weight import as_weight, compress_with
 from ..errors import ModelError, NMQError
 from ..format.file import save_file
 
@@ -58,7 +58,7 @@ def compress_weight_file(src: str | Path, out: str | Path, recipe: Recipe, overw
     compressed = {}
     for name, w in weights.items():
         try:
-            compressed[name] = compress_weight(as_weight(w, name=f"{src}: tensor '{name}'"), **recipe.compress_kwargs())
+            compressed[name] = compress_with(as_weight(w, name=f"{src}: tensor '{name}'"), recipe)
         except NMQError as exc:
             raise type(exc)(str(exc) if str(src) in str(exc) else f"{src}: tensor '{name}': {exc}") from None
     save_file(out, compressed, {})
