@@ -32,7 +32,8 @@ from ..format.file import save_file
 from ..format.load import load_file
 from ..runtime.linear import NMQLinear
 from ..runtime.modules import set_submodule
-from .gguf import gguf_tokenizer, is_gguf
+from ..runtime.text import HFTokenizer
+from .gguf import is_gguf
 
 TENSORS_FILE = "model.nmq.safetensors"
 RECORD_FILE = "nmq.json"
@@ -95,7 +96,7 @@ def save_checkpoint(
         model.config.to_json_file(str(tmp / "config.json"))
         save_file(tmp / TENSORS_FILE, compressed, dense)
         if source_dir is not None and is_gguf(source_dir):
-            gguf_tokenizer(source_dir).save_pretrained(str(tmp))
+            HFTokenizer(source_dir).tok.save_pretrained(str(tmp))
         elif source_dir is not None:
             for fname in TOKENIZER_FILES:
                 if (Path(source_dir) / fname).is_file():
@@ -170,8 +171,8 @@ def load_model(ckpt: str | Path, backend: str = "auto", path: str = "w4a16") -> 
     for name, value in buffers.items():
         owner, _, attr = name.rpartition(".")
         module = model.get_submodule(owner)
-        if attr in module._buffers and module._buffers[attr].is_meta:  # rebuilt modules computed their own
-            module._buffers[attr] = value
+        if getattr(module, attr).is_meta:  # modules rebuilt above computed their own
+            setattr(module, attr, value)  # a registered buffer's name: the buffer is replaced
     missing = [n for n, p in list(model.named_parameters()) + list(model.named_buffers()) if p.is_meta]
     if missing:
         raise FormatError(f"{ckpt}: the checkpoint lacks {missing[:3]}")

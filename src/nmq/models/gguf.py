@@ -51,14 +51,3 @@ def load_gguf(path: str | Path, dtype: torch.dtype | None = None, progress: bool
     except Exception as exc:
         raise ModelError(f"{path}: cannot load as a GGUF causal LM ({' '.join(str(exc).split())[:300]})") from None
     return model.eval()
-
-
-def gguf_tokenizer(path: str | Path):
-    """The Hugging Face tokenizer a GGUF file carries (vocabulary, merges, special tokens, chat template)."""
-    from transformers import AutoTokenizer
-
-    path = Path(path)
-    try:
-        return AutoTokenizer.from_pretrained(str(path.parent), gguf_file=path.name, local_files_only=True)
-    except Exception as exc:
-        raise ModelError(f"{path}: cannot read its tokenizer ({' '.join(str(exc).split())[:300]})") from None
