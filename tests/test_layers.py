@@ -18,7 +18,7 @@ LAYERS = [
     "errors", "shapes", "progress", "atomic",
     "format", "compress", "kernels", "backends", "runtime", "models", "calibration",
     "integrations",
-    "hw.config", "hw.rtl", "hw.estimate", "hw.sim", "hw.impl", "hw",
+    "hw.config", "hw.rtl", "hw.estimate", "hw.sim", "hw.board", "hw.impl", "hw",
     "bench", "apps", "cli",
 ]
 TOP_LEVEL_LIMIT = 4

@@ -16,7 +16,7 @@ import nmq  # noqa: E402
 from nmq.backends.reference import partial_sums, quantized_activations
 from nmq.hw.config import AcceleratorConfig, HardwareError
 from nmq.hw.estimate.cycle_model import run_cycles
-from nmq.hw.rtl.pe import ProcessingElement
+from nmq.hw.rtl.pe import PE_STAGES, ProcessingElement
 from nmq.hw.sim.amaranth import run_streams
 from nmq.hw.sim.streams import build_streams
 
@@ -46,6 +46,11 @@ def test_pe_selects_by_position_and_dumps_per_group(max_m):
                 ctx.set(pe.w.valid, 0)
                 ctx.set(pe.w.val, int(rng.integers(-255, 256)))
                 await ctx.tick()
+            # The sum lands PE_STAGES cycles after the last step entered, flagged by done.
+            for _ in range(PE_STAGES - 2):
+                assert not ctx.get(pe.done)
+                await ctx.tick()
+            assert ctx.get(pe.done)
             got.append(ctx.get(pe.shadow))
             assert ctx.get(pe.w_o.last) == 0
 

@@ -3,12 +3,13 @@
 Compute cycles of one run (``rtl/top.py``), with ``g = windows * N`` steps per
 quantization group and ``G`` groups in the run (all tiles back to back):
 
-    cycles = G * max(g, cols) - max(0, cols - g) + rows + 2 * cols + 3
+    cycles = G * max(g, cols) - max(0, cols - g) + rows + 2 * cols + 5
 
 ``G * max(g, cols)``: every group issues its steps, padded with bubbles to
 ``cols`` so the result chain empties in time; the last group's padding
-overlaps the drain. ``rows + 2 * cols + 3``: the drain of the last step
-(issue register, row skew, the row, the result chain, the FIFO, ``done``).
+overlaps the drain. ``rows + 2 * cols + 5``: the drain of the last step
+(issue register, row skew, the row, the PE's three stages, the result chain,
+the FIFO, ``done``).
 The formula is checked against the RTL's own cycle counter in tests/hw.
 
 Bandwidth bound: the bytes a run moves over the off-chip interface, over the
@@ -24,7 +25,7 @@ A 4096 x 4096 2:4 layer, groups of 128, on a 16 x 16 array: 256 row tiles x
 
 >>> from nmq.hw.config import AcceleratorConfig
 >>> run_cycles(AcceleratorConfig(rows=16, cols=16), total_groups=256 * 32, group_steps=64)
-524339
+524341
 """
 
 from __future__ import annotations
@@ -35,7 +36,7 @@ from dataclasses import asdict, dataclass
 from ...shapes import SHAPES, linear_shapes
 from ..config import AcceleratorConfig
 
-DRAIN = 3
+DRAIN = 5
 
 
 @dataclass(frozen=True)

@@ -6,9 +6,11 @@ corner: row r's weights are delayed r cycles and column c's windows c
 cycles, so PE (r, c) sees the weight and the window of the same step at
 cycle ``step + r + c``. Every register here advances only when the top-level
 enable is high (``EnableInserter``), which is how the whole array stalls on
-an empty input or a full result FIFO without any per-PE handshake.
+a full result FIFO without any per-PE handshake. That enable is a register
+of the top level (``rtl/top.py``), never logic of the input valids: an
+empty input only sends a bubble (a step with ``valid`` low) into the array.
 
-Results: when a group's last weight leaves the row's right edge, every PE
+Results: when the row's last PE reports its group ``done``, every PE
 of the row has its finished sum in ``shadow``; the row loads them into its
 chain and shifts them out towards column 0, one per cycle (column 0 first).
 Row r does this r cycles after row 0, so row r's output is delayed by
@@ -81,7 +83,8 @@ class SystolicArray(wiring.Component):
         for r in range(R):
             row = pes[r]
             load = Signal(name=f"chain_load_r{r}")
-            m.d.comb += load.eq(row[C - 1].w_o.last)
+            # The last column finishes a group last; by then every shadow of the row holds its sum.
+            m.d.comb += load.eq(row[C - 1].done)
             remaining = Signal(range(C + 1), name=f"chain_left_r{r}")
             with m.If(load):
                 m.d.sync += remaining.eq(C)

@@ -60,8 +60,12 @@ class Accelerator(wiring.Component):
         m = Module()
 
         array = SystolicArray(cfg)
-        en = Signal()
-        m.submodules.array = EnableInserter(en)(array)
+        # adv: the array (and the issue register feeding it) moves this cycle. A
+        # register, decided a cycle ahead from the FIFO's level alone, so the net
+        # that reaches every register of the array starts at a flip-flop and
+        # never waits for the input valids (an empty input sends a bubble).
+        adv = Signal(init=1)
+        m.submodules.array = EnableInserter(adv)(array)
         m.submodules.fifo = fifo = SyncFIFOBuffered(width=cfg.result_beat_bits, depth=cfg.result_fifo_depth)
 
         # Runtime registers, latched on start.
@@ -102,12 +106,14 @@ class Accelerator(wiring.Component):
             need_a_port.eq(need_a & ~from_buffer),
             need_z.eq(need_a & (win == 0)),
         ]
-        inputs_ok = ~need_w | (w.valid & (~need_a_port | a.valid) & (~need_z | z.valid))
+        # take: a step is issued this cycle (its weight, and where due its
+        # activation and zero beats, are consumed).
+        take = Signal()
         m.d.comb += [
-            en.eq(ctl.busy & inputs_ok & fifo.w_rdy),
-            w.ready.eq(en & need_w),
-            a.ready.eq(en & need_a_port),
-            z.ready.eq(en & need_z),
+            take.eq(adv & need_w & w.valid & (~need_a_port | a.valid) & (~need_z | z.valid)),
+            w.ready.eq(take),
+            a.ready.eq(take & need_a_port),
+            z.ready.eq(take & need_z),
         ]
 
         fresh = Signal(unsigned(cfg.act_beat_bits))      # the window a new M-group starts with
@@ -122,11 +128,11 @@ class Accelerator(wiring.Component):
             # The read port is registered: each enabled cycle fetches the window
             # the *next* M-group start will use, so it is ready on time even at N = 1.
             m.d.comb += [
-                wp.addr.eq(addr), wp.data.eq(a.payload), wp.en.eq(en & need_a_port & reuse),
-                rp.addr.eq(Mux(need_a, next_addr, addr)), rp.en.eq(en),
+                wp.addr.eq(addr), wp.data.eq(a.payload), wp.en.eq(take & need_a_port & reuse),
+                rp.addr.eq(Mux(need_a, next_addr, addr)), rp.en.eq(take),
                 fresh.eq(Mux(from_buffer, rp.data, a.payload)),
             ]
-            with m.If(en & need_a):
+            with m.If(take & need_a):
                 m.d.sync += addr.eq(next_addr)
                 with m.If(last_window):
                     m.d.sync += pass_idx.eq(Mux(pass_idx == row_tiles - 1, 0, pass_idx + 1))
@@ -154,47 +160,57 @@ class Accelerator(wiring.Component):
         i_last = Signal()
         m.d.comb += [array.w.val.eq(i_val), array.w.pos.eq(i_pos), array.a_win.eq(i_win),
                      array.w.valid.eq(i_valid), array.w.last.eq(i_last)]
-        with m.If(en):
+        # The data of a bubble is never read (its valid is low), so the wide
+        # registers load on every advance and only the flags look at ``take``.
+        with m.If(adv):
             m.d.sync += [
                 i_val.eq(Cat(*vals)),
                 i_pos.eq(Cat(*(w.payload[r].pos for r in range(R)))),
-                i_valid.eq(need_w),
-                i_last.eq(last_step),
+                i_valid.eq(take),
+                i_last.eq(take & last_step),
                 i_win.eq(window),
             ]
+            # Loaded while the step that needs them waits, and once more when it
+            # is taken: ``need_z``/``need_a`` stay high until then.
             with m.If(need_z):
                 m.d.sync += zero_reg.eq(z.payload)
             with m.If(need_a):
                 m.d.sync += win_reg.eq(fresh)
-            with m.If(need_w & Cat(*bad_pos).any()):
-                m.d.sync += ctl.error.eq(1)
-
-            pad = Signal(range(C + 1))
-            m.d.comb += pad.eq(Mux(gsteps < C, C - gsteps, 0))
-            with m.If(in_pad):
-                m.d.sync += pad_left.eq(pad_left - 1)
-                with m.If(pad_left == 1):
-                    m.d.sync += in_pad.eq(0)
-                    with m.If(g_left == 0):
-                        m.d.sync += issued_all.eq(1)
-            with m.Elif(need_w):
-                with m.If(s == n - 1):
-                    m.d.sync += s.eq(0)
-                    with m.If(win == windows - 1):
-                        m.d.sync += [win.eq(0), g_left.eq(g_left - 1)]
-                        with m.If(pad != 0):
-                            m.d.sync += [in_pad.eq(1), pad_left.eq(pad)]
-                        with m.Elif(g_left == 1):
-                            m.d.sync += issued_all.eq(1)
-                    with m.Else():
-                        m.d.sync += win.eq(win + 1)
-                with m.Else():
-                    m.d.sync += s.eq(s + 1)
             with m.If(array.r.valid):
                 m.d.sync += pushed.eq(pushed + 1)
+        with m.If(take & Cat(*bad_pos).any()):
+            m.d.sync += ctl.error.eq(1)
 
-        # The array cannot wait, so it only runs (en) while the FIFO has room.
-        m.d.comb += [fifo.w_data.eq(array.r.payload), fifo.w_en.eq(en & array.r.valid)]
+        pad = Signal(range(C + 1))
+        m.d.comb += pad.eq(Mux(gsteps < C, C - gsteps, 0))
+        with m.If(adv & ctl.busy & in_pad):
+            m.d.sync += pad_left.eq(pad_left - 1)
+            with m.If(pad_left == 1):
+                m.d.sync += in_pad.eq(0)
+                with m.If(g_left == 0):
+                    m.d.sync += issued_all.eq(1)
+        with m.Elif(take):
+            with m.If(s == n - 1):
+                m.d.sync += s.eq(0)
+                with m.If(win == windows - 1):
+                    m.d.sync += [win.eq(0), g_left.eq(g_left - 1)]
+                    with m.If(pad != 0):
+                        m.d.sync += [in_pad.eq(1), pad_left.eq(pad)]
+                    with m.Elif(g_left == 1):
+                        m.d.sync += issued_all.eq(1)
+                with m.Else():
+                    m.d.sync += win.eq(win + 1)
+            with m.Else():
+                m.d.sync += s.eq(s + 1)
+
+        # The array cannot wait, so it runs next cycle only if the FIFO will
+        # still have room for a beat then, whatever this cycle pushes: one
+        # entry of margin, as the buffered FIFO's inner store can be full for
+        # a cycle while its output register is empty.
+        push = Signal()
+        m.d.comb += [push.eq(adv & array.r.valid),
+                     fifo.w_data.eq(array.r.payload), fifo.w_en.eq(push)]
+        m.d.sync += adv.eq(fifo.level + push <= cfg.result_fifo_depth - 2)
         wiring.connect(m, fifo.r_stream, wiring.flipped(self.r))
 
         with m.If(ctl.busy):
