@@ -1,4 +1,5 @@
 import os
+import tempfile
 import zlib
 
 import pytest
@@ -11,6 +12,10 @@ settings.register_profile("ci", max_examples=40, deadline=None, derandomize=True
                           suppress_health_check=[HealthCheck.too_slow])
 settings.register_profile("thorough", max_examples=400, deadline=None, suppress_health_check=[HealthCheck.too_slow])
 settings.load_profile(os.environ.get("NMQ_HYPOTHESIS_PROFILE", "ci"))
+
+# Caches that commands write (measured FPGA clocks, ...) go to a directory of
+# this run, never to the user's ~/.cache; subprocesses inherit it.
+os.environ["NMQ_CACHE_DIR"] = tempfile.mkdtemp(prefix="nmq-test-cache-")
 
 # Every (n, m) with m <= 16 is claimed; tests sweep this list.
 ALL_PATTERNS = [(n, m) for m in range(1, 17) for n in range(1, m + 1)]

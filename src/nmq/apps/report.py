@@ -158,10 +158,18 @@ def _hardware(data):
     ax.set_ylabel("tokens/s (cycle model)")
     ax.legend()
     fig.tight_layout()
-    keep = ("rows", "cols", "max_m", "act_buffer", "lut", "ff", "dsp", "bram", "tokens_per_second", "bound")
-    rows = [{k: p.get(k) for k in keep if k in p} for p in (rows or points[:20])]
-    budget = data.get("budget", {}).get("name") if isinstance(data, dict) else None
-    title = "FPGA design space: throughput against resources" + (f" (budget {budget}, cycle model)" if budget else "")
+    keep = ("rows", "cols", "max_m", "act_buffer", "lut", "ff", "dsp", "bram", "tokens_per_second", "bound",
+            "energy_j_per_token")
+    meta = data if isinstance(data, dict) else {}
+    # Results written before clocks were labelled ran at the assumed clock they record.
+    default_mhz = meta.get("clock_mhz", 300.0)
+    rows = [{**{k: p.get(k) for k in keep if k in p},
+             "clock": f"{p.get('clock_mhz', default_mhz):g} MHz {p.get('clock_kind', 'assumed')}"}
+            for p in (rows or points[:20])]
+    budget = meta.get("budget", {}).get("name")
+    clock = meta.get("clock_source") or f"assumed: {default_mhz:g} MHz"
+    title = ("FPGA design space: throughput against resources"
+             + (f" (budget {budget}, cycle model)" if budget else "") + f"; clock of the chosen design: {clock}")
     return title, fig, rows
 
 
@@ -177,9 +185,19 @@ def _e2e(data):
     a.invert_yaxis()
     b.invert_yaxis()
     fig.tight_layout()
-    rows = [{k: r.get(k) for k in ("config", "backend", "ms_per_token", "tokens_per_s", "prefill_ms", "peak_rss_gb")}
-            for r in data]
+    rows = [{**{k: r.get(k) for k in ("config", "backend", "ms_per_token", "tokens_per_s", "prefill_ms", "peak_rss_gb")},
+             "clock": _fpga_clock(r)} for r in data]
     return "End-to-end decoding", fig, rows
+
+
+def _fpga_clock(r: dict) -> str:
+    """The clock an ``fpga-model`` row was estimated at and where it came from; "-" for measured CPU rows."""
+    if r.get("backend") != "fpga-cycle-model":
+        return "-"
+    if r.get("clock_source"):
+        return f"{r['clock_mhz']:g} MHz, {r['clock_source']}"
+    mhz = (r.get("design") or {}).get("clock_mhz", 300.0)
+    return f"{mhz:g} MHz, assumed"
 
 
 PLOTTERS = {"storage": _storage, "kernels": _kernels, "accuracy": _accuracy, "hardware": _hardware, "e2e": _e2e}

@@ -1,4 +1,4 @@
-"""``nmq hw generate | simulate | synth | explore``: the FPGA accelerator.
+"""``nmq hw generate | simulate | board | synth | implement | explore | energy``: the FPGA accelerator.
 
 Wired into ``nmq`` by :func:`add_parser` (called from ``cli/main.py``'s
 ``build_parser``).
@@ -26,14 +26,67 @@ EXAMPLES = {
           nmq hw simulate hw/r16c16 --shape 4096x4096 --pattern 2:4 --bits 4 --batch 1 --json
           nmq hw simulate hw/r16c16 --checkpoint ckpt/tiny-2of4 --layer model.layers.0.mlp.up_proj --batch 16
     """,
+    "board": """
+        examples:
+          nmq hw board hw/r8c8                              # tiny-llama 2:4 layer, ulx3s-85f, Verilator
+          nmq hw board hw/r8c8 --checkpoint ckpt/tiny-2of4 --layer model.layers.0.mlp.up_proj -o hw/r8c8-board
+
+        Writes the board top (the design, ROMs holding a slice of the layer, its
+        activations and the expected partial sums, a self-check driving the LEDs
+        and a UART line) into OUT (default DIR/board), then runs that top in
+        Verilator and prints the UART line. Exit 1 on FAIL. 'nmq hw implement
+        DIR --board NAME' places and routes the same build and writes a .bit.
+    """,
     "synth": """
         examples:
           nmq hw synth hw/r8c4 --json
     """,
+    "implement": """
+        examples:
+          nmq hw implement hw/r4c4                          # ECP5-85F, 100 MHz target, seed 1
+          nmq hw implement hw/r4c4 --device ecp5-45f --clock 50 --seed 2 --json
+          nmq hw implement hw/r4c4 --board ulx3s-85f        # board pins, oscillator clock, a .bit
+
+        Without --board the design is placed inside a timing wrapper (its ports
+        exceed the package's pins): every input bit driven by its own flip-flop,
+        the outputs XOR-folded into one pin, clk and rst on pins. Writes
+        DIR/ecp5/ (netlist, logs, nextpnr report) and DIR/implement.json, and
+        records the Fmax in the clock store the explorer reads. A 2x2 array
+        takes under a minute, a 4x4 one about 1.5 minutes, an 8x8 one about
+        8 minutes (nextpnr runs on one core).
+    """,
     "explore": """
         examples:
           nmq hw explore --budget zcu104 --model llama-7b
+          nmq hw explore --device ecp5-85f --model llama-7b --json
           nmq hw explore --budget 230000,460000,1728,312 --pattern 2:4 -o hw/best --json
+
+        Each point runs at the clock measured by 'nmq hw implement' for that
+        design on that device, else the lowest measured Fmax of the device's
+        designs with the same max M and weight width ("nearest measured"),
+        else --clock-mhz ("assumed"; UltraScale+ clocks always are). The
+        J/token column is an energy estimate (see 'nmq hw energy --help').
+    """,
+    "energy": """
+        examples:
+          nmq hw energy --model llama-7b --device ecp5-85f
+          nmq hw energy --model llama-7b --budget zcu104 --json
+          nmq hw energy --design hw/r16c16 --device ecp5-85f --patterns dense,2:4
+
+        energy = off-chip bytes x pJ/byte + MACs x pJ/MAC + on-chip bytes x pJ/byte
+                 + static power x time, every figure an estimate with its source:
+          MAC: (0.2 pJ 8-bit multiply + 0.1 pJ 32-bit add, Horowitz ISSCC 2014, 45 nm)
+               x 14 (FPGA/ASIC dynamic power, Kuon & Rose 2007, 90 nm)
+          on-chip: 10 pJ per 64-bit access of an 8 KB SRAM (Horowitz) / 8 x 14
+          off-chip: DDR4/LPDDR4 boards 14 pJ/bit; ECP5 boards' SDR SDRAM 1.3-2.6 nJ
+               per 64-bit access (Horowitz, midpoint)
+          static: UltraScale+ scaled per LUT from Xilinx's ZU19EG-vs-ZU2EG static
+               difference; ECP5 assumed (0.1 W on the 85F)
+        Time comes from the cycle model at the design's clock (measured where the
+        design was placed and routed). The design is --design DIR, else the one
+        'nmq hw explore' chooses for the budget at M = 8 (it runs every pattern
+        listed). The CPU line is measured with RAPL counters where the machine
+        has them (--cpu-tokens N decodes N tokens of --model), else says why not.
     """,
 }
 
@@ -77,27 +130,79 @@ def add_parser(subparsers, common_parent: argparse.ArgumentParser) -> argparse.A
                    help='print {"cycles", "model_cycles", "bit_exact", "seconds", "pattern", "shape", "batch", ...}')
     p.set_defaults(func=cmd_simulate)
 
+    p = add("board", "Build the self-checking board top of a generated design (one compressed layer in ROMs) "
+                     "and run its check in Verilator.")
+    p.add_argument("design", metavar="DIR", help="a directory written by 'nmq hw generate'")
+    p.add_argument("--board", default="ulx3s-85f", help="the board (default ulx3s-85f)")
+    p.add_argument("--checkpoint", metavar="CKPT", help="an nmq checkpoint (default: tiny-llama, 2:4 INT4 magnitude)")
+    p.add_argument("--layer", metavar="NAME", help="the compressed layer of the checkpoint")
+    p.add_argument("-o", "--output", metavar="OUT", help="where the build goes (default DIR/board)")
+    p.add_argument("--json", action="store_true", help='print {"pass", "mismatches", "beats", "cycles", "uart", ...}')
+    p.set_defaults(func=cmd_board)
+
     p = add("synth", "Synthesize the generated design with Yosys for Xilinx UltraScale+ and count LUT, FF, DSP, BRAM.")
     p.add_argument("design", metavar="DIR", help="a directory written by 'nmq hw generate'")
     p.add_argument("--timeout", type=float, default=None, metavar="S", help="give up after S seconds")
     p.add_argument("--json", action="store_true", help='print {"lut", "ff", "dsp", "bram", "yosys_version", "flags", ...}')
     p.set_defaults(func=cmd_synth)
 
+    p = add("implement", "Place and route the generated design on a Lattice ECP5 (Yosys, nextpnr-ecp5): "
+                         "Fmax against a target clock, critical path, utilization.")
+    p.add_argument("design", metavar="DIR", help="a directory written by 'nmq hw generate'")
+    p.add_argument("--device", metavar="DEVICE",
+                   help="ecp5-25f, ecp5-45f or ecp5-85f (default ecp5-85f; with --board the board's)")
+    p.add_argument("--board", metavar="NAME", help="implement on a board (e.g. ulx3s-85f): its pins and clock, "
+                                                   "and write a bitstream")
+    p.add_argument("--checkpoint", metavar="CKPT", help="with --board: an nmq checkpoint whose --layer the board build holds")
+    p.add_argument("--layer", metavar="NAME", help="with --board and --checkpoint: the compressed layer")
+    p.add_argument("--clock", type=float, default=None, metavar="MHZ",
+                   help="target clock (default 100 MHz; with --board the board oscillator)")
+    p.add_argument("--seed", type=int, default=1, help="nextpnr placement seed (default 1)")
+    p.add_argument("--multipliers", choices=("dsp", "lut"), default="dsp",
+                   help="map the PE multipliers to MULT18X18D blocks (default) or to LUTs (synth_ecp5 -nodsp)")
+    p.add_argument("--timeout", type=float, default=None, metavar="S", help="give up after S seconds (whole flow)")
+    p.add_argument("--json", action="store_true",
+                   help='print {"routed", "fmax", "timing_met", "critical_path", "utilization", "cells", '
+                        '"wrapper_ffs", "tools", "commands", "seconds", ...}')
+    p.set_defaults(func=cmd_implement)
+
     p = add("explore", "Sweep array configurations under a device budget; print the Pareto front; generate the chosen one.")
-    p.add_argument("--budget", default="zcu104", metavar="LUT,FF,DSP,BRAM|BOARD",
-                   help="resource budget as four numbers, or a board name (default zcu104; see --list-boards)")
-    p.add_argument("--model", default="llama-7b", help="model whose linear layers are estimated (default llama-7b)")
+    _budget_options(p)
     p.add_argument("--pattern", default="2:4", help="N:M pattern of the compressed model (default 2:4)")
     p.add_argument("--bits", type=int, default=4, help="weight bits (default 4)")
     p.add_argument("--group-size", type=int, default=128, help="quantization group (default 128)")
     p.add_argument("--batch", type=int, default=1, help="tokens per forward step (default 1: decode)")
-    p.add_argument("--clock-mhz", type=float, default=300.0, help="assumed clock (default 300)")
-    p.add_argument("--bandwidth-gbs", type=float, default=19.2, help="assumed off-chip bandwidth in GB/s (default 19.2)")
-    p.add_argument("--list-boards", action="store_true", help="print the named budgets and exit")
+    p.add_argument("--list-boards", action="store_true", help="print the named budgets and ECP5 devices and exit")
     p.add_argument("-o", "--output", metavar="DIR", help="generate the chosen design into DIR")
     p.add_argument("--json", action="store_true", help='print {"budget", "front", "chosen", ...}')
     p.set_defaults(func=cmd_explore)
+
+    p = add("energy", "Estimate the accelerator's energy per token per N:M pattern (off-chip, MACs, on-chip, static).")
+    _budget_options(p)
+    p.add_argument("--design", metavar="DIR", help="a directory written by 'nmq hw generate' (default: the "
+                                                   "explorer's pick for the budget at M = 8)")
+    p.add_argument("--patterns", default="dense,2:4,4:8,1:4", help="comma-separated (default dense,2:4,4:8,1:4)")
+    p.add_argument("--cpu-tokens", type=int, default=0, metavar="N",
+                   help="also decode N tokens of --model on the CPU (nmq 2:4 INT4) and measure its joules "
+                        "with RAPL (default 0: only say whether the counters exist)")
+    p.add_argument("--json", action="store_true", help='print {"design", "clock_source", "patterns", "constants", '
+                                                       '"cpu", ...}')
+    p.set_defaults(func=cmd_energy)
     return hw
+
+
+def _budget_options(p: argparse.ArgumentParser) -> None:
+    where = p.add_mutually_exclusive_group()
+    where.add_argument("--budget", default=None, metavar="LUT,FF,DSP,BRAM|BOARD",
+                       help="resource budget as four numbers, or a board name (default zcu104; see --list-boards)")
+    where.add_argument("--device", metavar="ECP5",
+                       help="a Lattice ECP5 device as the budget: ecp5-25f, ecp5-45f or ecp5-85f (ECP5 cells, "
+                            "measured clocks, a ULX3S-like board's SDRAM bandwidth)")
+    p.add_argument("--model", default="llama-7b", help="model whose linear layers are estimated (default llama-7b)")
+    p.add_argument("--clock-mhz", type=float, default=None,
+                   help="clock assumed where none was measured (default: 300 for UltraScale+, 100 for ECP5)")
+    p.add_argument("--bandwidth-gbs", type=float, default=None,
+                   help="off-chip bandwidth in GB/s (default: the board's, 19.2 for a custom budget, 0.2 for ECP5)")
 
 
 def _config_options(p: argparse.ArgumentParser) -> None:
@@ -218,19 +323,54 @@ def cmd_synth(args: argparse.Namespace) -> int:
         print(json.dumps(r, indent=2))
     else:
         print(f"{args.design}: LUT {r['lut']}, FF {r['ff']}, DSP {r['dsp']}, BRAM {r['bram']:g} "
-              f"(LUTRAM {r['lutram']}); {r['yosys_version']}; {r['flags']}; {r['seconds']} s")
+              f"(LUTRAM {r['lut_ram']}); {r['yosys_version']}; {r['flags']}; {r['seconds']} s")
+    return 0
+
+
+def cmd_board(args: argparse.Namespace) -> int:
+    from pathlib import Path
+
+    from ..hw.board import simulate_board, write_board
+
+    out = Path(args.output) if args.output else Path(args.design) / "board"
+    b = write_board(args.design, args.board, out, checkpoint=args.checkpoint, layer=args.layer)
+    say(f"wrote the {args.board} build into {out}; simulating {b.top} in Verilator ({b.layer}, {b.tokens} tokens, "
+        f"{b.beats} result beats)", chatty(args))
+    r = simulate_board(b)
+    if args.json:
+        print(json.dumps({**r, "build": str(out), "layer": b.layer, "board": args.board}, indent=2, default=str))
+    else:
+        print(f"{out}: {'PASS' if r['pass'] else 'FAIL'}, {r['beats']} beats, {r['mismatches']} mismatches, "
+              f"{r['cycles']} array cycles (cycle model {r['model_cycles']}); UART: {r['uart'].strip()!r}")
+    return 0 if r["pass"] else 1
+
+
+def cmd_implement(args: argparse.Namespace) -> int:
+    from ..hw.config import HardwareError
+    from ..hw.impl.ecp5 import implement, summary
+
+    r = implement(args.design, device=args.device, clock_mhz=args.clock, seed=args.seed, board=args.board,
+                  checkpoint=args.checkpoint, layer=args.layer, timeout=args.timeout,
+                  progress=lambda text: say(text, chatty(args)), multipliers=args.multipliers)
+    print(json.dumps(r, indent=2) if args.json else summary(r))
+    if not r["routed"]:
+        raise HardwareError(f"{args.design}: not routed on {r['device']}: {r['error']}")
     return 0
 
 
 def cmd_explore(args: argparse.Namespace) -> int:
     from ..format.pattern import Pattern
-    from ..hw.estimate.explore import BOARDS, explore, format_front, parse_budget
+    from ..hw.estimate.ecp5 import DEVICES
+    from ..hw.estimate.explore import BOARDS, explore, format_front
 
     if args.list_boards:
         for name, b in BOARDS.items():
             print(f"{name:10s} {b['part']:14s} LUT {b['lut']:>8} FF {b['ff']:>8} DSP {b['dsp']:>6} BRAM {b['bram']:>6}")
+        for name, d in DEVICES.items():
+            print(f"{name:10s} {d['part']:14s} LUT4 {d['lut']:>7} FF {d['ff']:>8} MULT18 {d['dsp']:>3} "
+                  f"DP16KD {d['bram']:>4} ({d['bandwidth_gbs']:g} GB/s {d['bandwidth_source']})")
         return 0
-    budget = parse_budget(args.budget)
+    budget = _budget(args)
     p = Pattern.parse(args.pattern)
     r = explore(budget, model=args.model, pattern=(p.n, p.m), bits=args.bits, group=args.group_size,
                 tokens=args.batch, clock_mhz=args.clock_mhz, bandwidth_gbs=args.bandwidth_gbs,
@@ -240,3 +380,58 @@ def cmd_explore(args: argparse.Namespace) -> int:
     else:
         print(format_front(r))
     return 0
+
+
+def _budget(args: argparse.Namespace) -> dict:
+    from ..hw.estimate.explore import parse_budget, parse_device
+
+    return parse_device(args.device) if args.device else parse_budget(args.budget or "zcu104")
+
+
+def cmd_energy(args: argparse.Namespace) -> int:
+    from ..format.pattern import Pattern
+    from ..hw.config import AcceleratorConfig, HardwareError
+    from ..hw.estimate import energy
+    from ..hw.estimate.explore import energy_report, format_energy
+
+    budget = _budget(args)
+    # Dense runs as N = M = 4: one window of 4 activations per step, like the 4-wide sparse patterns.
+    patterns = [(4, 4) if p.is_dense else (p.n, p.m)
+                for p in (Pattern.parse(s.strip()) for s in args.patterns.split(",") if s.strip())]
+    if not patterns:
+        raise HardwareError(f"--patterns {args.patterns!r}: accepted comma-separated N:M patterns or dense")
+    design = AcceleratorConfig.load(args.design) if args.design else None
+    r = energy_report(budget, args.model, patterns, design=design, clock_mhz=args.clock_mhz,
+                      bandwidth_gbs=args.bandwidth_gbs)
+    counters = energy.rapl_counters()
+    if isinstance(counters, str):
+        r["cpu"] = {"joules_per_token": None, "status": f"unavailable: {counters}"}
+    elif args.cpu_tokens <= 0:
+        r["cpu"] = {"joules_per_token": None, "status": "not measured: RAPL counters present; --cpu-tokens N measures"}
+    else:
+        r["cpu"] = _cpu_energy(args.model, args.cpu_tokens, args)
+    print(json.dumps(r, indent=2) if args.json else format_energy(r))
+    return 0
+
+
+def _cpu_energy(model_name: str, tokens: int, args: argparse.Namespace) -> dict:
+    import os
+
+    import torch
+
+    from ..bench.e2e.configs import CONFIGS
+    from ..bench.e2e.models import build
+    from ..hw.estimate import energy
+
+    say(f"building {model_name} (nmq 2:4 INT4, random weights) to measure the CPU", chatty(args))
+    model, backend = build(CONFIGS["nmq-2:4-int4"], model_name, "auto", os.cpu_count() or 1)
+    prompt = torch.tensor([[1, 2, 3, 4]])
+
+    def run() -> int:
+        with torch.no_grad():
+            out = model.generate(prompt, max_new_tokens=tokens, min_new_tokens=tokens, do_sample=False)
+        return out.shape[1] - prompt.shape[1]
+
+    r = energy.cpu_energy(run)
+    r["what"] = f"{model_name} nmq 2:4 INT4 on {backend}, {tokens} tokens decoded after a 4-token prefill"
+    return r

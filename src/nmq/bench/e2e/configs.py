@@ -21,7 +21,8 @@ Kind = Literal["torch", "nmq", "fpga-model"]
 @dataclass(frozen=True)
 class Config:
     """``torch``: PyTorch's dense model in ``dtype``; ``nmq``: INT4 layers of ``pattern`` on an nmq backend;
-    ``fpga-model``: the generated accelerator's cycle model for ``pattern`` (an estimate, no process, no model)."""
+    ``fpga-model``: the generated accelerator's cycle model for ``pattern`` (an estimate, no process, no model),
+    at the clock its row names with its source (``clock_mhz``, ``clock_source``: measured or assumed)."""
 
     name: str
     kind: Kind

@@ -16,15 +16,18 @@ from ...backends.cpu import matmul as cpu_backend
 from ...compress.recipe import Recipe
 from ...format.pattern import Pattern
 from ...hw.config import AcceleratorConfig
+from ...hw.estimate.clocks import ClockChoice, clock_for
 from ...hw.estimate.cycle_model import model_estimate
 from ...models.synthetic import llama_model
 from ...shapes import SHAPES
 from .configs import Config
 
 # The design `nmq hw explore --budget zcu104 --model llama-7b` chooses at batch 1
-# (benchmarks/results/hw-explore.json); its clock and bandwidth are assumptions.
+# (benchmarks/results/hw-explore.json); its bandwidth is an assumption, and so is its
+# clock unless a place-and-route record of it on FPGA_DEVICE exists (fpga_clock).
 FPGA_DESIGN = {"rows": 128, "cols": 1, "max_m": 8, "weight_bits": 4, "act_buffer_depth": 3072, "clock_mhz": 300.0,
                "bandwidth_gbs": 19.2}
+FPGA_DEVICE = ("zcu104", "xczu7ev")
 
 
 def build(config: Config, model_name: str, backend: str, threads: int, path: str = "w4a8"):
@@ -55,10 +58,17 @@ def decode_record(config: Config, model_name: str, ms_per_token: float, prefill_
             "backend": backend, **more}
 
 
+def fpga_clock() -> ClockChoice:
+    """The clock of FPGA_DESIGN: measured where it was placed and routed on FPGA_DEVICE, else its assumed one."""
+    return clock_for(AcceleratorConfig(**FPGA_DESIGN), FPGA_DEVICE, FPGA_DESIGN["clock_mhz"])
+
+
 def fpga_estimate(config: Config, model_name: str) -> dict:
     """Decode throughput of the generated accelerator from its cycle model (no simulation, no measurement)."""
     p = Pattern.parse(config.pattern)
-    e = model_estimate(AcceleratorConfig(**FPGA_DESIGN), model=model_name, pattern=(p.n, p.m), bits=4, group=128,
-                       tokens=1)
+    clock = fpga_clock()
+    e = model_estimate(AcceleratorConfig(**{**FPGA_DESIGN, "clock_mhz": clock.mhz}), model=model_name,
+                       pattern=(p.n, p.m), bits=4, group=128, tokens=1)
     return decode_record(config, model_name, 1000 / e["tokens_per_second"], None, None, "fpga-cycle-model",
-                         design=FPGA_DESIGN, cycles_per_token=e["cycles"], compute_cycles_per_token=e["compute_cycles"])
+                         design=FPGA_DESIGN, cycles_per_token=e["cycles"], compute_cycles_per_token=e["compute_cycles"],
+                         device=FPGA_DEVICE[0], **clock.to_dict())

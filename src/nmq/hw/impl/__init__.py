@@ -1,1 +1,1 @@
-"""Implementation on FPGA toolchains: synthesis for resource counts."""
+"""Implementation on FPGA toolchains: Yosys resource counts (UltraScale+), place and route on ECP5."""

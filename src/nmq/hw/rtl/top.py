@@ -69,11 +69,14 @@ class Accelerator(wiring.Component):
         m.submodules.fifo = fifo = SyncFIFOBuffered(width=cfg.result_beat_bits, depth=cfg.result_fifo_depth)
 
         # Runtime registers, latched on start.
-        n = Signal(unsigned(cfg.m_bits))
+        # Bounds are latched as "last index" so the per-step compares need no
+        # subtractor, and nothing multiplies: on ECP5 the ``windows * n`` and
+        # ``groups * cols`` products took a multiplier block each and were
+        # the slowest paths of the controller.
+        n_last = Signal(unsigned(cfg.m_bits))
         mm = Signal(unsigned(cfg.m_bits))
-        windows = Signal(unsigned(WINDOW_BITS))
-        gsteps = Signal(unsigned(WINDOW_BITS + cfg.m_bits))
-        expected = Signal(unsigned(GROUP_BITS + 9))
+        win_last = Signal(unsigned(WINDOW_BITS))
+        groups = Signal(unsigned(GROUP_BITS))
 
         # Schedule state.
         g_left = Signal(unsigned(GROUP_BITS))
@@ -82,15 +85,16 @@ class Accelerator(wiring.Component):
         in_pad = Signal()
         pad_left = Signal(range(C + 1))
         issued_all = Signal()
-        pushed = Signal(unsigned(GROUP_BITS + 9))
+        gcount = Signal(range(C + 1))        # steps issued in this group, saturating at C
+        beat = Signal(range(C))               # result beats pushed of the current group
+        pushed = Signal(unsigned(GROUP_BITS))  # groups whose C result beats are all pushed
         zero_reg = Signal(unsigned(cfg.zero_beat_bits), reset_less=True)
-        win_reg = Signal(unsigned(cfg.act_beat_bits), reset_less=True)
 
         # Activation reuse: which pass of a run of passes sharing activations
         # this is, and which M-window of the pass comes next.
         reuse = Signal()
-        row_tiles = Signal(unsigned(WINDOW_BITS))
-        pass_windows = Signal(unsigned(GROUP_BITS))
+        tiles_last = Signal(unsigned(WINDOW_BITS))
+        pass_last = Signal(unsigned(GROUP_BITS))
         pass_idx = Signal(unsigned(WINDOW_BITS))
         addr = Signal(unsigned(GROUP_BITS))
         from_buffer = Signal()
@@ -123,7 +127,7 @@ class Accelerator(wiring.Component):
             wp = mem.write_port()
             # Transparent: a pass of one window reads back the window written on the same edge.
             rp = mem.read_port(domain="sync", transparent_for=(wp,))
-            last_window = addr == pass_windows - 1
+            last_window = addr == pass_last
             next_addr = Mux(last_window, 0, addr + 1)
             # The read port is registered: each enabled cycle fetches the window
             # the *next* M-group start will use, so it is ready on time even at N = 1.
@@ -135,7 +139,7 @@ class Accelerator(wiring.Component):
             with m.If(take & need_a):
                 m.d.sync += addr.eq(next_addr)
                 with m.If(last_window):
-                    m.d.sync += pass_idx.eq(Mux(pass_idx == row_tiles - 1, 0, pass_idx + 1))
+                    m.d.sync += pass_idx.eq(Mux(pass_idx == tiles_last, 0, pass_idx + 1))
         else:
             m.d.comb += fresh.eq(a.payload)
 
@@ -147,10 +151,9 @@ class Accelerator(wiring.Component):
             m.d.comb += val.eq(w.payload[r].code - zeros[r])
             vals.append(val)
             bad_pos.append(w.payload[r].pos >= mm)
-        window_in = Mux(need_a, fresh, win_reg)
         lane_keep = Cat(*[(Const(i, cfg.m_bits) < mm).replicate(ab) for i in range(cfg.max_m)])
-        window = window_in & lane_keep.replicate(C)
-        last_step = need_w & (s == n - 1) & (win == windows - 1)
+        window = fresh & lane_keep.replicate(C)
+        last_step = need_w & (s == n_last) & (win == win_last)
 
         # Issue register between the ports and the array (keeps port logic off the MAC path).
         i_val = Signal.like(array.w.val, reset_less=True)
@@ -168,21 +171,26 @@ class Accelerator(wiring.Component):
                 i_pos.eq(Cat(*(w.payload[r].pos for r in range(R)))),
                 i_valid.eq(take),
                 i_last.eq(take & last_step),
-                i_win.eq(window),
             ]
             # Loaded while the step that needs them waits, and once more when it
             # is taken: ``need_z``/``need_a`` stay high until then.
             with m.If(need_z):
                 m.d.sync += zero_reg.eq(z.payload)
+            # The window register is the issue register of the activations: loaded
+            # at an M-group's first step, held (a clock enable, no multiplexer over
+            # the C x max_m x 8 bits) for the group's other N - 1 steps.
             with m.If(need_a):
-                m.d.sync += win_reg.eq(fresh)
+                m.d.sync += i_win.eq(window)
             with m.If(array.r.valid):
-                m.d.sync += pushed.eq(pushed + 1)
+                with m.If(beat == C - 1):
+                    m.d.sync += [beat.eq(0), pushed.eq(pushed + 1)]
+                with m.Else():
+                    m.d.sync += beat.eq(beat + 1)
         with m.If(take & Cat(*bad_pos).any()):
             m.d.sync += ctl.error.eq(1)
 
         pad = Signal(range(C + 1))
-        m.d.comb += pad.eq(Mux(gsteps < C, C - gsteps, 0))
+        m.d.comb += pad.eq(Mux(gcount < C - 1, C - 1 - gcount, 0))
         with m.If(adv & ctl.busy & in_pad):
             m.d.sync += pad_left.eq(pad_left - 1)
             with m.If(pad_left == 1):
@@ -190,9 +198,10 @@ class Accelerator(wiring.Component):
                 with m.If(g_left == 0):
                     m.d.sync += issued_all.eq(1)
         with m.Elif(take):
-            with m.If(s == n - 1):
+            m.d.sync += gcount.eq(Mux(last_step, 0, Mux(gcount == C, C, gcount + 1)))
+            with m.If(s == n_last):
                 m.d.sync += s.eq(0)
-                with m.If(win == windows - 1):
+                with m.If(win == win_last):
                     m.d.sync += [win.eq(0), g_left.eq(g_left - 1)]
                     with m.If(pad != 0):
                         m.d.sync += [in_pad.eq(1), pad_left.eq(pad)]
@@ -215,7 +224,7 @@ class Accelerator(wiring.Component):
 
         with m.If(ctl.busy):
             m.d.sync += ctl.cycles.eq(ctl.cycles + 1)
-            with m.If(issued_all & (pushed == expected) & (fifo.level == 0)):
+            with m.If(issued_all & (pushed == groups) & (fifo.level == 0)):
                 m.d.sync += [ctl.busy.eq(0), ctl.done.eq(1)]
         with m.Elif(ctl.start):
             use_buffer = (regs.row_tiles > 1) if cfg.act_buffer_depth else Const(0, 1)
@@ -224,12 +233,10 @@ class Accelerator(wiring.Component):
                       & (~use_buffer | ((regs.pass_windows != 0)
                                         & (regs.pass_windows <= cfg.act_buffer_depth))))
             m.d.sync += [
-                n.eq(regs.n), mm.eq(regs.m), windows.eq(regs.windows),
-                gsteps.eq(regs.windows * regs.n),
-                expected.eq(regs.groups * C),
-                g_left.eq(regs.groups), win.eq(0), s.eq(0), in_pad.eq(0), pad_left.eq(0),
-                issued_all.eq(0), pushed.eq(0), ctl.cycles.eq(0),
-                reuse.eq(use_buffer), row_tiles.eq(regs.row_tiles), pass_windows.eq(regs.pass_windows),
+                n_last.eq(regs.n - 1), mm.eq(regs.m), win_last.eq(regs.windows - 1), groups.eq(regs.groups),
+                g_left.eq(regs.groups), win.eq(0), s.eq(0), in_pad.eq(0), pad_left.eq(0), gcount.eq(0),
+                issued_all.eq(0), beat.eq(0), pushed.eq(0), ctl.cycles.eq(0),
+                reuse.eq(use_buffer), tiles_last.eq(regs.row_tiles - 1), pass_last.eq(regs.pass_windows - 1),
                 pass_idx.eq(0), addr.eq(0),
                 ctl.busy.eq(cfg_ok), ctl.done.eq(~cfg_ok), ctl.error.eq(~cfg_ok),
             ]
