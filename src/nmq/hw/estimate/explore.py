@@ -217,8 +217,8 @@ def explore(budget: dict, model: str = "llama-7b", pattern: tuple[int, int] = (2
         "clock_source": chosen["clock_source"], "assumed_clock_mhz": assumed, "bandwidth_gbs": bw,
         "bandwidth_source": budget.get("bandwidth_source", "assumed") if bandwidth_gbs is None else "assumed (given)",
         "evaluated": len(points), "front": front, "chosen": chosen, "generated": None,
-        "resource_model": (f"estimate (ECP5 cells: FF structural, MULT18X18D one per PE, LUT4 fitted to "
-                           f"{ecp5.YOSYS_ECP5})" if budget.get("family") == "ecp5" else
+        "resource_model": (f"estimate (ECP5 cells: FF structural, multipliers in {ecp5.MULTIPLIERS}s, LUT4 fitted "
+                           f"to {ecp5.YOSYS_ECP5})" if budget.get("family") == "ecp5" else
                            "estimate (FF structural, DSP one per PE, LUT fitted to Yosys); run 'nmq hw synth' for counts"),
         "energy": {**energy.token_energy(chosen_cfg, plat, model, pattern, bits, group, tokens),
                    "constants": energy.constants_used(plat)},
