@@ -89,6 +89,10 @@ class Accelerator(wiring.Component):
         win = Signal(unsigned(WINDOW_BITS))
         s = Signal(unsigned(cfg.m_bits))
         s_zero = Signal(init=1)               # s == 0, kept as a flip-flop: it enables the wide window register
+        # s == 0 and win == 0, a flip-flop too: it selects the zero points of
+        # every row at the issue stage, a fan-out that grows with the rows
+        # (a 16-row array's slowest path went through the compares).
+        g_first = Signal(init=1)
         in_pad = Signal()
         pad_left = Signal(range(C + 1))
         issued_all = Signal()
@@ -113,9 +117,9 @@ class Accelerator(wiring.Component):
         need_a_port = Signal()
         m.d.comb += [
             need_w.eq(ctl.busy & ~issued_all & ~in_pad),
-            need_a.eq(need_w & (s == 0)),
+            need_a.eq(need_w & s_zero),
             need_a_port.eq(need_a & ~from_buffer),
-            need_z.eq(need_a & (win == 0)),
+            need_z.eq(need_w & g_first),
         ]
         # take: a step is issued this cycle (its weight, and where due its
         # activation and zero beats, are consumed).
@@ -211,7 +215,7 @@ class Accelerator(wiring.Component):
                 with m.If(g_left == 0):
                     m.d.sync += issued_all.eq(1)
         with m.Elif(take):
-            m.d.sync += gcount.eq(Mux(last_step, 0, Mux(gcount == C, C, gcount + 1)))
+            m.d.sync += [gcount.eq(Mux(last_step, 0, Mux(gcount == C, C, gcount + 1))), g_first.eq(last_step)]
             with m.If(s == n_last):
                 m.d.sync += [s.eq(0), s_zero.eq(1)]
                 with m.If(win == win_last):
@@ -248,7 +252,7 @@ class Accelerator(wiring.Component):
                                         & (regs.pass_windows <= cfg.act_buffer_depth))))
             m.d.sync += [
                 n_last.eq(regs.n - 1), mm.eq(regs.m), win_last.eq(regs.windows - 1), groups.eq(regs.groups),
-                g_left.eq(regs.groups), win.eq(0), s.eq(0), s_zero.eq(1), in_pad.eq(0), pad_left.eq(0), gcount.eq(0),
+                g_left.eq(regs.groups), win.eq(0), s.eq(0), s_zero.eq(1), g_first.eq(1), in_pad.eq(0), pad_left.eq(0), gcount.eq(0),
                 issued_all.eq(0), beat.eq(0), pushed.eq(0), ctl.cycles.eq(0),
                 reuse.eq(use_buffer), tiles_last.eq(regs.row_tiles - 1), pass_last.eq(regs.pass_windows - 1),
                 pass_idx.eq(0), addr.eq(0),
