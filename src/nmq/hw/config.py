@@ -150,10 +150,14 @@ class AcceleratorConfig:
         p = Path(path)
         if p.is_dir():
             p = p / "config.json"
-        try:
-            d = json.loads(p.read_text())
-        except FileNotFoundError:
-            raise HardwareError(f"{p}: no accelerator config; accepted a directory written by 'nmq hw generate'") from None
-        except json.JSONDecodeError as exc:
-            raise HardwareError(f"{p}: not valid JSON ({exc.msg} at line {exc.lineno})") from None
-        return cls.from_dict(d)
+        return cls.from_dict(read_json(p, "no accelerator config; accepted a directory written by 'nmq hw generate'"))
+
+
+def read_json(path: Path, missing: str):
+    """The JSON in ``path``; a missing or malformed file is one HardwareError line (``missing`` says what was expected)."""
+    try:
+        return json.loads(path.read_text())
+    except FileNotFoundError:
+        raise HardwareError(f"{path}: {missing}") from None
+    except json.JSONDecodeError as exc:
+        raise HardwareError(f"{path}: not valid JSON ({exc.msg} at line {exc.lineno})") from None

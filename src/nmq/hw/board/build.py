@@ -24,7 +24,7 @@ from pathlib import Path
 
 import numpy as np
 
-from ..config import AcceleratorConfig, HardwareError
+from ..config import AcceleratorConfig, HardwareError, read_json
 from ..rtl.generate import VERILOG as ACCEL_VERILOG
 from .layer import (
     BUILTIN,
@@ -99,12 +99,7 @@ class BoardBuild:
     def load(cls, out_dir: str | Path) -> BoardBuild:
         """The build recorded in ``out_dir/board.json``."""
         path = Path(out_dir) / BOARD_FILE
-        try:
-            d = json.loads(path.read_text())
-        except FileNotFoundError:
-            raise HardwareError(f"{path}: no board build; accepted a directory written by write_board") from None
-        except json.JSONDecodeError as exc:
-            raise HardwareError(f"{path}: not valid JSON ({exc.msg} at line {exc.lineno})") from None
+        d = read_json(path, "no board build; accepted a directory written by write_board")
         d = {k: v for k, v in d.items() if k in {f.name for f in fields(cls)}}
         d["verilog"] = [Path(p) for p in d["verilog"]]
         d["lpf"] = Path(d["lpf"])
