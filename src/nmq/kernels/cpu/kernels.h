@@ -41,7 +41,7 @@ static_assert(PAIR_K == 2 * 4, "a pair-step is two domains of 4 K (one vpdpbusd 
 constexpr int QUAD24 = 48;
 static_assert(QUAD24 * 8 == 4 * ROWS * 6, "a quad: 4 pair-steps of 16 rows' 6-bit fields");
 static_assert(4 * ROWS == 64, "2:4 values: one byte per row and kept code, two pair-steps to a 64-byte load");
-static const uint8_t PAIR24[8][2] = {{0, 1}, {0, 2}, {1, 2}, {0, 3}, {1, 3}, {2, 3}, {0, 1}, {0, 1}};
+static constexpr uint8_t PAIR24[8][2] = {{0, 1}, {0, 2}, {1, 2}, {0, 3}, {1, 3}, {2, 3}, {0, 1}, {0, 1}};
 static const uint8_t SLOT_CODE[4] = {0, 2, 1, 3};  // slot -> kept code index j
 
 // Bytes per pair-step and row block of each fast layout's codes and metadata

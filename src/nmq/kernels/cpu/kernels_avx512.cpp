@@ -332,10 +332,12 @@ static void w4a16_tile(const FastLayout& L, const ActF& a, int b, int t0, float*
 // the activation up directly in the token's pair table (Act8::pairs24) with
 // rank and slot as the index; the float kernels turn rank and slot into the K
 // position with one more vpermb (layout in kernels.h).
-alignas(64) static const struct Tab24 {
-  uint8_t meta_perm[64], meta_ctl[4][64], slot_or[64], lut[64];
-  uint8_t pair_ctl[4][64], pair_or[64], table_ctl[64];
-  Tab24() {
+// Built at compile time (constexpr): a constructor run when the module loads
+// would execute this unit's AVX-512 code on CPUs that lack it.
+struct alignas(64) Tab24 {
+  uint8_t meta_perm[64] = {}, meta_ctl[4][64] = {}, slot_or[64] = {}, lut[64] = {};
+  uint8_t pair_ctl[4][64] = {}, pair_or[64] = {}, table_ctl[64] = {};
+  constexpr Tab24() {
     for (int i = 0; i < 64; ++i) {
       const int row = i / 4, slot = i % 4, q = row / 2;
       meta_perm[i] = uint8_t(i % 8 < 6 ? 6 * (i / 8) + i % 8 : 0);
@@ -353,7 +355,8 @@ alignas(64) static const struct Tab24 {
       table_ctl[i] = uint8_t(r < 6 ? 8 * step + 4 * (b / 16) + PAIR24[r][b % 2] : 0);
     }
   }
-} tab24;
+};
+static constexpr Tab24 tab24{};
 
 static NMQ_INLINE __m512i ld(const uint8_t* p) { return _mm512_load_si512(p); }
 
@@ -569,17 +572,25 @@ static void w4a16_tile24(const FastLayout& L, const ActF& a, int b, int t0, floa
 // and 128 + zero times that sum comes off at the end of the group. Products
 // are exact, sums fp32. Only called where the CPU has AVX512_BF16 (this unit is
 // built with -mavx512bf16; no other code here uses those instructions).
-alignas(64) static const struct TabBf16 {
-  uint16_t centered[32];  // bf16 of (i & 15) - 8
-  TabBf16() {
-    for (int i = 0; i < 32; ++i) {
-      const float f = float((i & 15) - 8);
-      uint32_t bits;
-      std::memcpy(&bits, &f, 4);
-      centered[i] = uint16_t(bits >> 16);  // exact: small integers
-    }
+// bf16 bits of a small integer (|v| <= 128: exact in bf16's 8-bit significand).
+static constexpr uint16_t bf16_of_int(int v) {
+  if (v == 0) return 0;
+  const uint16_t sign = v < 0 ? 0x8000 : 0;
+  const int a = v < 0 ? -v : v;
+  int e = 0;
+  while ((2 << e) <= a) ++e;
+  return uint16_t(sign | (127 + e) << 7 | ((a - (1 << e)) << (7 - e)));
+}
+// Compile time, as Tab24.
+struct alignas(64) TabBf16 {
+  uint16_t centered[32] = {};  // bf16 of (i & 15) - 8
+  constexpr TabBf16() {
+    for (int i = 0; i < 32; ++i) centered[i] = bf16_of_int((i & 15) - 8);
   }
-} tab_bf16;
+};
+static constexpr TabBf16 tab_bf16{};
+static_assert(tab_bf16.centered[0] == 0xC100 && tab_bf16.centered[9] == 0x3F80 && tab_bf16.centered[8] == 0 &&
+              tab_bf16.centered[15] == 0x40E0, "bf16 of -8, 1, 0, 7");
 
 template <int TT, bool SYM>
 static void w4a16bf_tile24(const FastLayout& L, const ActF& a, int b, int t0, float* y) {
