@@ -25,7 +25,7 @@ KDIR = ROOT / "src" / "nmq" / "kernels" / "cpu"
 def _isa_flags(target: str) -> list[str]:
     """The -m flags CMakeLists.txt gives one ISA unit."""
     text = (ROOT / "CMakeLists.txt").read_text()
-    block = re.search(rf"target_compile_options\({target} PRIVATE(.*?)\)", text, re.S)
+    block = re.search(rf"target_compile_options\({target} PRIVATE(.*?)\)", text, re.DOTALL)
     assert block, f"{target}'s flags not found in CMakeLists.txt"
     return block.group(1).split()
 

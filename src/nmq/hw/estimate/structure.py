@@ -23,7 +23,7 @@ def structural_ffs(cfg: AcceleratorConfig) -> int:
     pe = 3 * acc + (wb + 1) + pb + 2 + win + ab + (wb + 1 + ab) + 3
     skew = R * (R - 1) // 2 * (wb + 1 + pb + 2) + C * (C - 1) // 2 * win
     results = R * (R - 1) // 2 * (acc + 1) + R * (C + 1).bit_length()
-    issue = R * (wb + 1 + pb) + 2 + C * win
+    issue = R * (wb + 1 + pb) + 2 + C * (win + 1) + R    # + each column's window enable, each row's array enable
     held = R * wb                                    # the zero points of the group
     cb = (C + 1).bit_length()
     # n_last, m, s; win_last, win; groups, g_left, pushed; pad_left, gcount;

@@ -127,6 +127,40 @@ def _run(step: str, cmd: list[str], cwd: Path, log: Path, deadline: tuple[float,
     return proc.returncode, round(time.perf_counter() - t0, 1)
 
 
+def synthesize(yosys: str, sources: str, top: str, out: Path, flags: str = MULTIPLIERS[DEFAULT_MULTIPLIERS],
+               deadline: tuple[float, float] | None = None, say=lambda text: None) -> tuple[str, str | None, float, list[str]]:
+    """``synth_ecp5`` of ``sources`` (paths relative to ``out``) into out/netlist.json and out/synth_stat.json.
+
+    Returns (LUT mapper, ABC9's error where it fell back, seconds, the command). ``autoname``
+    first: Amaranth's Verilog names its nets ``\\$N``, private names to Yosys,
+    and ABC9's reintegration trips over some of them. On other netlists (a
+    4 x 8 and a 16 x 8 array here, a bare 2 x 2 with replicated enables) Yosys
+    0.70's ABC9 fails an internal assertion all the same (rtlil.cc:3091);
+    synth_ecp5 has no -noabc9, so LUTs are then mapped with the classic ABC
+    between synth_ecp5's own steps, and the result says so.
+    """
+    head = f"read_verilog {sources}; autoname; "
+    tail = "tee -q -o synth_stat.json stat -json"
+    scripts = {
+        "abc9": f"{head}synth_ecp5{flags} -top {top} -json netlist.json; {tail}",
+        "abc": (f"{head}synth_ecp5{flags} -top {top} -run :map_luts; techmap -map +/lattice/latches_map.v; "
+                f"abc -lut 4 -dress; clean; synth_ecp5{flags} -top {top} -run map_cells: -json netlist.json; {tail}"),
+    }
+    log = out / "synth.log"
+    mapper, abc9_error = "abc9", None
+    cmd = [yosys, "-q", "-l", "synth.log", "-p", scripts["abc9"]]
+    rc, seconds = _run("synthesis", cmd, out, log, deadline)
+    log_end = log.read_text(errors="replace")[-2000:] if log.is_file() else ""
+    if rc != 0 and "ABC_OPS_REINTEGRATE" in log_end:
+        mapper, abc9_error = "abc", _log_tail(log, "")
+        say("synthesis: ABC9 failed an internal assertion; mapping LUTs with the classic ABC")
+        cmd = [yosys, "-q", "-l", "synth.log", "-p", scripts["abc"]]
+        rc, more = _run("synthesis", cmd, out, log, deadline)
+        seconds = round(seconds + more, 1)
+    if rc != 0 or not (out / "netlist.json").is_file():
+        raise HardwareError(f"yosys synth_ecp5 failed: {_log_tail(log, 'no log')} (see {log})")
+    return mapper, abc9_error, seconds, cmd
+
 def run_flow(verilog: list[str | Path], top: str, out_dir: str | Path, device: str = DEFAULT_DEVICE,
              package: str | None = None, speed: int | None = None, lpf: str | Path | None = None,
              clock_mhz: float = DEFAULT_CLOCK_MHZ, seed: int = 1, bitstream: bool = False,
@@ -161,33 +195,9 @@ def run_flow(verilog: list[str | Path], top: str, out_dir: str | Path, device: s
                   "design.bit"):
         (out / stale).unlink(missing_ok=True)
     sources = " ".join(f'"{v}"' for v in rel)
-    # ``autoname`` first: Amaranth's Verilog names its nets ``\$N``, private names to
-    # Yosys, and ABC9's reintegration trips over some of them. On other netlists
-    # (a 4 x 8 and a 16 x 8 array here) Yosys 0.70's ABC9 fails an internal
-    # assertion all the same (rtlil.cc:3091); synth_ecp5 has no -noabc9, so the
-    # flow then maps LUTs with the classic ABC between synth_ecp5's own steps,
-    # and says so in the result (``lut_mapper``).
     flags = MULTIPLIERS[multipliers]
-    head = f"read_verilog {sources}; autoname; "
-    tail = "tee -q -o synth_stat.json stat -json"
-    scripts = {
-        "abc9": f"{head}synth_ecp5{flags} -top {top} -json netlist.json; {tail}",
-        "abc": (f"{head}synth_ecp5{flags} -top {top} -run :map_luts; techmap -map +/lattice/latches_map.v; "
-                f"abc -lut 4 -dress; clean; synth_ecp5{flags} -top {top} -run map_cells: -json netlist.json; {tail}"),
-    }
     say(f"synthesis: yosys synth_ecp5{flags} -top {top} ...")
-    lut_mapper, abc9_error = "abc9", None
-    synth_cmd = [exes["yosys"], "-q", "-l", "synth.log", "-p", scripts["abc9"]]
-    rc, seconds["synthesis"] = _run("synthesis", synth_cmd, out, out / "synth.log", deadline)
-    log_end = (out / "synth.log").read_text(errors="replace")[-2000:] if (out / "synth.log").is_file() else ""
-    if rc != 0 and "ABC_OPS_REINTEGRATE" in log_end:
-        lut_mapper, abc9_error = "abc", _log_tail(out / "synth.log", "")
-        say("synthesis: ABC9 failed an internal assertion; mapping LUTs with the classic ABC")
-        synth_cmd = [exes["yosys"], "-q", "-l", "synth.log", "-p", scripts["abc"]]
-        rc, secs = _run("synthesis", synth_cmd, out, out / "synth.log", deadline)
-        seconds["synthesis"] = round(seconds["synthesis"] + secs, 1)
-    if rc != 0 or not (out / "netlist.json").is_file():
-        raise HardwareError(f"yosys synth_ecp5 failed: {_log_tail(out / 'synth.log', 'no log')} (see {out / 'synth.log'})")
+    lut_mapper, abc9_error, seconds["synthesis"], synth_cmd = synthesize(exes["yosys"], sources, top, out, flags, deadline, say)
     say(f"synthesis: {seconds['synthesis']:.1f} s")
     stat = json.loads((out / "synth_stat.json").read_text())["design"]["num_cells_by_type"]
     cells = {k: v for k, v in sorted(stat.items()) if not k.startswith("$")}
@@ -280,6 +290,7 @@ def critical_path(paths: list[dict]) -> dict | None:
             "total_ns": round(sum(s["delay"] for s in steps), 3),
             "logic_ns": total("clk-to-q", "logic", "setup", "source"), "routing_ns": total("routing"),
             "logic_steps": sum(1 for s in steps if s["type"] == "logic"), "through_dsp": dsps}
+
 
 
 def implement(design_dir: str | Path, device: str | None = None, clock_mhz: float | None = None, seed: int = 1,

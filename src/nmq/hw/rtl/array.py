@@ -4,11 +4,13 @@ Rows are output channels, columns are tokens. A step (one kept weight per
 row, the matching activation window per column) enters at the top-left
 corner: row r's weights are delayed r cycles and column c's windows c
 cycles, so PE (r, c) sees the weight and the window of the same step at
-cycle ``step + r + c``. Every register here advances only when the top-level
-enable is high (``EnableInserter``), which is how the whole array stalls on
-a full result FIFO without any per-PE handshake. That enable is a register
-of the top level (``rtl/top.py``), never logic of the input valids: an
-empty input only sends a bubble (a step with ``valid`` low) into the array.
+cycle ``step + r + c``. Every register of row r advances only when ``en[r]``
+is high (``EnableInserter`` on its PEs), which is how the whole array stalls
+on a full result FIFO without any per-PE handshake. The R enables are copies
+of one register of the top level (``rtl/top.py``), one per row so that no
+single net reaches every register of the array, and never logic of the input
+valids: an empty input only sends a bubble (a step with ``valid`` low) into
+the array.
 
 Results: when the row's last PE reports its group ``done``, every PE
 of the row has its finished sum in ``shadow``; the row loads them into its
@@ -21,7 +23,7 @@ cycles per group, so the controller never issues groups shorter than C steps
 
 from __future__ import annotations
 
-from amaranth import Module, Signal
+from amaranth import EnableInserter, Module, Signal
 from amaranth.lib import stream, wiring
 from amaranth.lib.wiring import In, Out
 
@@ -36,6 +38,8 @@ class SystolicArray(wiring.Component):
         super().__init__({
             "w": In(array_step(cfg)),
             "a_win": In(act_beat(cfg)),
+            # Row r's copy of the array's enable (all R equal, see the module's note).
+            "en": In(cfg.rows),
             # No back-pressure: the whole array stalls on its enable instead.
             "r": Out(stream.Signature(result_beat(cfg), always_ready=True)),
         })
@@ -48,13 +52,14 @@ class SystolicArray(wiring.Component):
         pes = [[ProcessingElement(cfg) for _ in range(C)] for _ in range(R)]
         for r in range(R):
             for c in range(C):
-                m.submodules[f"pe_{r}_{c}"] = pes[r][c]
+                m.submodules[f"pe_{r}_{c}"] = EnableInserter(self.en[r])(pes[r][c])
 
-        def delayed(sig, n: int, name: str, data: bool = True):
-            """``sig`` through ``n`` registers; data registers are not reset (flags are)."""
+        def delayed(sig, n: int, name: str, en, data: bool = True):
+            """``sig`` through ``n`` registers enabled by ``en``; data registers are not reset (flags are)."""
             for i in range(n):
                 reg = Signal.like(sig, name=f"{name}_d{i}", reset_less=data)
-                m.d.sync += reg.eq(sig)
+                with m.If(en):
+                    m.d.sync += reg.eq(sig)
                 sig = reg
             return sig
 
@@ -64,17 +69,17 @@ class SystolicArray(wiring.Component):
         for r in range(R):
             head = pes[r][0].w
             m.d.comb += [
-                head.val.eq(delayed(w.val[r], r, f"wval_r{r}")),
-                head.pos.eq(delayed(w.pos[r], r, f"wpos_r{r}")),
-                head.valid.eq(delayed(w.valid, r, f"wvld_r{r}", data=False)),
-                head.last.eq(delayed(w.last, r, f"wlst_r{r}", data=False)),
+                head.val.eq(delayed(w.val[r], r, f"wval_r{r}", self.en[r])),
+                head.pos.eq(delayed(w.pos[r], r, f"wpos_r{r}", self.en[r])),
+                head.valid.eq(delayed(w.valid, r, f"wvld_r{r}", self.en[r], data=False)),
+                head.last.eq(delayed(w.last, r, f"wlst_r{r}", self.en[r], data=False)),
             ]
             for c in range(1, C):
                 m.d.comb += pes[r][c].w.eq(pes[r][c - 1].w_o)
 
         # Column skew: column c's activation windows wait c cycles, then flow down.
         for c in range(C):
-            m.d.comb += pes[0][c].a_win.eq(delayed(self.a_win[c], c, f"awin_c{c}"))
+            m.d.comb += pes[0][c].a_win.eq(delayed(self.a_win[c], c, f"awin_c{c}", self.en[0]))
             for r in range(1, R):
                 m.d.comb += pes[r][c].a_win.eq(pes[r - 1][c].a_win_o)
 
@@ -86,17 +91,18 @@ class SystolicArray(wiring.Component):
             # The last column finishes a group last; by then every shadow of the row holds its sum.
             m.d.comb += load.eq(row[C - 1].done)
             remaining = Signal(range(C + 1), name=f"chain_left_r{r}")
-            with m.If(load):
-                m.d.sync += remaining.eq(C)
-            with m.Elif(remaining != 0):
-                m.d.sync += remaining.eq(remaining - 1)
+            with m.If(self.en[r]):
+                with m.If(load):
+                    m.d.sync += remaining.eq(C)
+                with m.Elif(remaining != 0):
+                    m.d.sync += remaining.eq(remaining - 1)
             for c in range(C):
                 m.d.comb += [row[c].chain_load.eq(load), row[c].chain_shift.eq(1)]
                 m.d.comb += row[c].chain_in.eq(row[c + 1].chain_o if c + 1 < C else 0)
             valid = Signal(name=f"chain_valid_r{r}")
             m.d.comb += valid.eq(remaining != 0)
-            m.d.comb += self.r.payload[r].eq(delayed(row[0].chain_o, R - 1 - r, f"res_r{r}"))
-            valids.append(delayed(valid, R - 1 - r, f"resv_r{r}", data=False))
+            m.d.comb += self.r.payload[r].eq(delayed(row[0].chain_o, R - 1 - r, f"res_r{r}", self.en[r]))
+            valids.append(delayed(valid, R - 1 - r, f"resv_r{r}", self.en[r], data=False))
 
         m.d.comb += self.r.valid.eq(valids[R - 1])
         return m

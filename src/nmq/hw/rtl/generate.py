@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import re
 import shutil
 import subprocess
 from importlib import metadata
@@ -26,7 +27,7 @@ LINT_WAIVERS = ("-Wno-WIDTH",)
 
 def verilog_text(cfg: AcceleratorConfig) -> str:
     from amaranth import Value
-    from amaranth.back import verilog
+    from amaranth.back import rtlil, verilog
 
     from .top import Accelerator
 
@@ -37,7 +38,34 @@ def verilog_text(cfg: AcceleratorConfig) -> str:
     # what the design drives is an output.
     ports = {"_".join(map(str, path)): (Value.cast(value), None)
              for path, _, value in top.signature.flatten(top)}
-    return verilog.convert(top, name=TOP, ports=ports, emit_src=False)
+    text = rtlil.convert(top, name=TOP, ports=ports, emit_src=False)
+    # Amaranth's own RTLIL-to-Verilog step (``verilog.convert`` is this call
+    # after ``rtlil.convert``), run on the text with its kept registers marked.
+    return verilog._convert_rtlil_text(keep_registers(text))
+
+
+_KEPT_WIRE = re.compile(r"attribute \\keep 1\n\s*wire width \d+ (\S+)\n")
+_DFF_CELL = re.compile(r"( *)cell \$dff .*?\n *end\n", re.DOTALL)
+
+
+def keep_registers(text: str) -> str:
+    """RTLIL with ``keep`` on every ``$dff`` that drives a wire marked ``keep`` (``Signal(attrs={"keep": 1})``).
+
+    Amaranth puts a signal's attributes on its wire, but Yosys's ``opt_merge``
+    merges flip-flops with the same input unless the *cell* is kept, so the
+    copies of a replicated register (one per column, to split a fan-out)
+    would collapse back into one. Written to Verilog, the attribute precedes
+    the register's ``always`` block, where other flows read it too.
+    """
+    kept = set(_KEPT_WIRE.findall(text))
+
+    def mark(cell: re.Match) -> str:
+        q = re.search(r"connect \\Q (\S+)\n", cell.group(0))
+        if q is None or q.group(1) not in kept:
+            return cell.group(0)
+        return f"{cell.group(1)}attribute \\keep 1\n{cell.group(0)}"
+
+    return _DFF_CELL.sub(mark, text)
 
 
 def generate(cfg: AcceleratorConfig, out_dir: str | Path, lint: bool = True) -> dict:

@@ -36,7 +36,7 @@ beat has left through ``r``.
 
 from __future__ import annotations
 
-from amaranth import Cat, Const, EnableInserter, Module, Mux, Signal, signed, unsigned
+from amaranth import Cat, Const, Module, Mux, Signal, signed, unsigned
 from amaranth.lib import wiring
 from amaranth.lib.fifo import SyncFIFOBuffered
 from amaranth.lib.memory import Memory
@@ -59,18 +59,22 @@ class Accelerator(wiring.Component):
         regs = ctl.regs
         m = Module()
 
-        array = SystolicArray(cfg)
+        m.submodules.array = array = SystolicArray(cfg)
         # adv: the array (and the issue register feeding it) moves this cycle. A
-        # register, decided a cycle ahead from the FIFO's level alone, so the net
-        # that reaches every register of the array starts at a flip-flop and
-        # never waits for the input valids (an empty input sends a bubble).
-        adv = Signal(init=1)
-        m.submodules.array = EnableInserter(adv)(array)
-        # The controller's own copy, so the enable's fan-out to every array
-        # register does not sit on the controller's paths (measured on ECP5:
-        # 2.6 ns of routing before the first LUT). Its reset value differs so
-        # that synthesis cannot merge the two flip-flops; the controller is
-        # idle in the one cycle after reset where they differ.
+        # register, decided a cycle ahead from the FIFO's level alone, so the
+        # enable starts at a flip-flop and never waits for the input valids (an
+        # empty input sends a bubble). Copies of it, each one flip-flop with the
+        # same input: ``adv`` for the issue registers, one per array row
+        # (``keep``: synthesis would merge them back), so that no single net
+        # reaches every register of the array.
+        adv = Signal(init=1, attrs={"keep": 1})
+        adv_rows = [Signal(init=1, name=f"adv_r{r}", attrs={"keep": 1}) for r in range(R)]
+        m.d.comb += array.en.eq(Cat(*adv_rows))
+        # The controller's own copy, so no fan-out of the enable sits on the
+        # controller's paths (measured on ECP5: 2.6 ns of routing before the
+        # first LUT). Its reset value differs so that synthesis cannot merge it
+        # with the others; the controller is idle in the one cycle after reset
+        # where they differ, and the array has no result to push in it.
         adv_ctl = Signal(init=0)
         m.submodules.fifo = fifo = SyncFIFOBuffered(width=cfg.result_beat_bits, depth=cfg.result_fifo_depth)
 
@@ -88,7 +92,11 @@ class Accelerator(wiring.Component):
         g_left = Signal(unsigned(GROUP_BITS))
         win = Signal(unsigned(WINDOW_BITS))
         s = Signal(unsigned(cfg.m_bits))
-        s_zero = Signal(init=1)               # s == 0, kept as a flip-flop: it enables the wide window register
+        s_zero = Signal(init=1)               # s == 0, kept as a flip-flop
+        s_zero_next = Signal()
+        # adv_ctl & s_zero one flip-flop per column; ``keep`` so that synthesis
+        # does not merge the copies back into one (they share their input).
+        win_ce = [Signal(name=f"win_ce_{c}", attrs={"keep": 1}) for c in range(C)]
         # s == 0 and win == 0, a flip-flop too: it selects the zero points of
         # every row at the issue stage, a fan-out that grows with the rows
         # (a 16-row array's slowest path went through the compares).
@@ -194,12 +202,16 @@ class Accelerator(wiring.Component):
                     m.d.sync += beat.eq(beat + 1)
         # The window register is the issue register of the activations: loaded
         # at an M-group's first step, held (a clock enable, no multiplexer over
-        # the C x max_m x 8 bits) for the group's other N - 1 steps. Its enable
-        # is two flip-flops and one LUT: on ECP5 the busy/issued/pad terms of
-        # need_a in front of that fan-out were the 8 x 8 array's slowest path.
-        # Loading while idle or padding is harmless: only valid steps read it.
-        with m.If(adv_ctl & s_zero):
-            m.d.sync += i_win.eq(window)
+        # the C x max_m x 8 bits) for the group's other N - 1 steps. Its enable,
+        # adv_ctl & s_zero, is decided a cycle ahead into one flip-flop per
+        # column, each driving that column's max_m x 8 bits: on ECP5 the single
+        # net over all C x max_m x 8 bits was the 16 x 8 array's slowest path
+        # (10.6 of its 11.4 ns routing). Loading while idle or padding is
+        # harmless: only valid steps read it.
+        lanes = cfg.max_m * ab
+        for c in range(C):
+            with m.If(win_ce[c]):
+                m.d.sync += i_win.as_value()[c * lanes:(c + 1) * lanes].eq(window[c * lanes:(c + 1) * lanes])
         # A position >= M raises the (sticky) error a cycle later, off the take path.
         bad_step = Signal()
         m.d.sync += bad_step.eq(take & Cat(*bad_pos).any())
@@ -234,10 +246,13 @@ class Accelerator(wiring.Component):
         # entry of margin, as the buffered FIFO's inner store can be full for
         # a cycle while its output register is empty.
         push = Signal()
-        m.d.comb += [push.eq(adv & array.r.valid),
+        m.d.comb += [push.eq(adv_ctl & array.r.valid),
                      fifo.w_data.eq(array.r.payload), fifo.w_en.eq(push)]
         room = fifo.level + push <= cfg.result_fifo_depth - 2
-        m.d.sync += [adv.eq(room), adv_ctl.eq(room)]
+        m.d.sync += [adv.eq(room), adv_ctl.eq(room), *(a.eq(room) for a in adv_rows)]
+        # s_zero's next value, as the schedule below sets it (start, or a taken step).
+        m.d.comb += s_zero_next.eq(Mux(~ctl.busy & ctl.start, 1, Mux(take, s == n_last, s_zero)))
+        m.d.sync += [ce.eq(room & s_zero_next) for ce in win_ce]
         wiring.connect(m, fifo.r_stream, wiring.flipped(self.r))
 
         with m.If(ctl.busy):
