@@ -56,8 +56,9 @@ class AcceleratorConfig:
             bad("act_bits", self.act_bits, "8 (activations are int8, DESIGN.md section 3)")
         if self.acc_bits != 32:
             bad("acc_bits", self.acc_bits, "32 (partial sums are exact int32, DESIGN.md section 3)")
-        if not isinstance(self.result_fifo_depth, int) or not 2 <= self.result_fifo_depth <= 4096:
-            bad("result_fifo_depth", self.result_fifo_depth, "an integer 2..4096")
+        # The array's enable is decided two cycles ahead with one entry of margin (rtl/top.py).
+        if not isinstance(self.result_fifo_depth, int) or not 4 <= self.result_fifo_depth <= 4096:
+            bad("result_fifo_depth", self.result_fifo_depth, "an integer 4..4096")
         if not isinstance(self.counter_bits, int) or not 16 <= self.counter_bits <= 64:
             bad("counter_bits", self.counter_bits, "an integer 16..64")
         if not isinstance(self.act_buffer_depth, int) or not 0 <= self.act_buffer_depth <= 1 << 20:

@@ -241,18 +241,24 @@ class Accelerator(wiring.Component):
             with m.Else():
                 m.d.sync += [s.eq(s + 1), s_zero.eq(0)]
 
-        # The array cannot wait, so it runs next cycle only if the FIFO will
-        # still have room for a beat then, whatever this cycle pushes: one
-        # entry of margin, as the buffered FIFO's inner store can be full for
-        # a cycle while its output register is empty.
+        # The array cannot wait, so it runs in two cycles only if the FIFO will
+        # still have room for a beat then, whatever this cycle and the next
+        # push: two entries for those, and one of margin, as the buffered
+        # FIFO's inner store can be full for a cycle while its output register
+        # is empty. Two cycles ahead because the decision goes through one
+        # flip-flop (``room_q``) before its copies: the compare's output then
+        # drives one flip-flop, and the copies, spread over the array, load
+        # from a flip-flop (on ECP5 the compare feeding every copy directly was
+        # a 4 x 8 array's slowest path, 7.1 of its 9.6 ns routing).
         push = Signal()
         m.d.comb += [push.eq(adv_ctl & array.r.valid),
                      fifo.w_data.eq(array.r.payload), fifo.w_en.eq(push)]
-        room = fifo.level + push <= cfg.result_fifo_depth - 2
-        m.d.sync += [adv.eq(room), adv_ctl.eq(room), *(a.eq(room) for a in adv_rows)]
+        room_q = Signal(init=1)
+        m.d.sync += room_q.eq(fifo.level + push <= cfg.result_fifo_depth - 3)
+        m.d.sync += [adv.eq(room_q), adv_ctl.eq(room_q), *(a.eq(room_q) for a in adv_rows)]
         # s_zero's next value, as the schedule below sets it (start, or a taken step).
         m.d.comb += s_zero_next.eq(Mux(~ctl.busy & ctl.start, 1, Mux(take, s == n_last, s_zero)))
-        m.d.sync += [ce.eq(room & s_zero_next) for ce in win_ce]
+        m.d.sync += [ce.eq(room_q & s_zero_next) for ce in win_ce]
         wiring.connect(m, fifo.r_stream, wiring.flipped(self.r))
 
         with m.If(ctl.busy):
