@@ -45,6 +45,10 @@ def test_model_checkpoint_storage(capsys, tmp_path, metadata, bpw, min_ratio):
     for key in ("bits_per_weight", "bytes", "ratio_vs_fp16", "ratio_vs_fp32", "fields"):
         assert key in s["checkpoint"]
     assert s["checkpoint"]["bits_per_weight"] > c["bits_per_weight"]  # embeddings and lm_head stay dense
+    dtypes = {t["name"]: t["dtype"] for t in s["tensors"] if t["kind"] == "dense"}
+    # An fp32 source's dense matrices are stored as bf16 by default, its vectors (norms) as they were.
+    assert dtypes["lm_head.weight"] == dtypes["model.embed_tokens.weight"] == "bfloat16"
+    assert dtypes["model.norm.weight"] == "float32"
     code, table, _ = run(capsys, "inspect", str(out))
     assert "bits/weight" in table and "lm_head.weight" in table
 
@@ -175,6 +179,10 @@ def test_calibrated_compress_then_eval(capsys, tmp_path):
     code, stdout, _ = run(capsys, "eval", "tiny-llama", "--perplexity", str(text), "--window", "128", "--stride", "64", "--json")
     dense = json.loads(stdout)["perplexity"]
     assert dense < r["perplexity"] * 1.5  # a 4:8 model stays in the same range as the dense one
+    code, stdout, _ = run(capsys, "eval", "tiny-llama", "--perplexity", str(text), "--max-tokens", "300", "--json")
+    assert code == 0 and json.loads(stdout)["tokens"] == 299
+    one_line_error(*run(capsys, "eval", "tiny-llama", "--perplexity", str(text), "--max-tokens", "-1"),
+                   ["--max-tokens", "accepted"])
 
 
 def test_bench_accuracy_records(capsys):

@@ -1,3 +1,5 @@
+import dataclasses
+
 import pytest
 import torch
 from hypothesis import assume, given
@@ -162,18 +164,30 @@ def test_numpy_and_bf16_weights_are_accepted():
 
 def test_validate_names_the_field_at_fault():
     t = nmq.compress_weight(torch.randn(4, 64), pattern="2:4", group_size=64, metadata="index")
-    bad = nmq.NMQTensor(**{**t.__dict__, "meta": torch.full_like(t.meta, 0b01_00_01_00)})  # positions (0,1),(0,1) ok
+    bad = dataclasses.replace(t, meta=torch.full_like(t.meta, 0b01_00_01_00))  # positions (0,1),(0,1) ok
     bad.validate()
-    bad = nmq.NMQTensor(**{**t.__dict__, "meta": torch.full_like(t.meta, 0b00_01_00_01)})  # (1,0) not ascending
+    bad = dataclasses.replace(t, meta=torch.full_like(t.meta, 0b00_01_00_01))  # (1,0) not ascending
     with pytest.raises(FormatError, match="'meta'.*ascending"):
         bad.validate()
-    bad = nmq.NMQTensor(**{**t.__dict__, "scales": t.scales.clone().fill_(float("nan"))})
+    bad = dataclasses.replace(t, scales=t.scales.clone().fill_(float("nan")))
     with pytest.raises(FormatError, match="'scales'"):
         bad.validate()
-    bad = nmq.NMQTensor(**{**t.__dict__, "values": t.values[:, :-1]})
+    bad = dataclasses.replace(t, values=t.values[:, :-1])
     with pytest.raises(FormatError, match="'values' has shape"):
         bad.validate()
     r = t.with_metadata("rank")
-    bad = nmq.NMQTensor(**{**r.__dict__, "meta": torch.full_like(r.meta, 0xFF)})  # rank 7 > 5
+    bad = dataclasses.replace(r, meta=torch.full_like(r.meta, 0xFF))  # rank 7 > 5
     with pytest.raises(FormatError, match="rank outside 0..5"):
         bad.validate()
+
+
+@pytest.mark.parametrize("chunk_rows", [0, 3])
+def test_validation_is_remembered_until_a_field_changes(chunk_rows):
+    t = nmq.compress_weight(torch.randn(8, 64), pattern="2:4", group_size=64)
+    t.validate(chunk_rows=chunk_rows)
+    t.validate(chunk_rows=chunk_rows)  # remembered: the fields are the ones checked
+    t.meta[5, 0] = 0xFF  # an in-place write bumps the field's version: checked again, caught
+    with pytest.raises(FormatError, match="rank outside"):
+        t.validate(chunk_rows=chunk_rows)
+    t.meta = t.meta.clone().fill_(0)  # a new field: checked again, passes
+    t.validate(chunk_rows=chunk_rows)

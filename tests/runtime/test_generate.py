@@ -48,3 +48,25 @@ def test_unknown_decoder_is_refused():
 
     with pytest.raises(ValueError, match="decoder must be"):
         generate_ids(nmq.builtin_model(), torch.tensor([[1, 2]]), 2, decoder="fast")
+
+
+@pytest.mark.parametrize("decoder", ["auto", "hf"])
+def test_stop_at_eos_ends_the_reply_before_its_first_end_token(decoder):
+    from nmq.runtime.generate import generate_ids
+
+    model = random_llama(torch.float32, seed=2)
+    ids = torch.randint(0, 300, (1, 7), generator=torch.Generator().manual_seed(3))
+    free = generate_ids(model, ids, 20, decoder=decoder).token_ids
+    stop = next(t for i, t in enumerate(free) if i >= 3 and t not in free[:i])  # first seen at step i >= 3
+    model.generation_config.eos_token_id = stop
+    r = generate_ids(model, ids, 20, decoder=decoder, stop_at_eos=True)
+    assert r.token_ids == free[: free.index(stop)]
+    assert r.decoder == ("lean" if decoder == "auto" else "hf")
+    assert len(generate_ids(model, ids, 20, decoder=decoder).token_ids) == 20  # without it, exactly 20
+
+
+def test_chat_needs_a_chat_template():
+    from nmq.errors import ModelError
+
+    with pytest.raises(ModelError, match="no chat template"):
+        generate_text(nmq.builtin_model(), ByteTokenizer(), "hi", max_new_tokens=2, chat=True)

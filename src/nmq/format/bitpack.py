@@ -61,6 +61,10 @@ def unpack(packed: torch.Tensor, bits: int, count: int) -> torch.Tensor:
         per = 8 // bits
         shifts = torch.arange(per, dtype=torch.int32) * bits
         return ((data.unsqueeze(-1) >> shifts) & ((1 << bits) - 1)).reshape(rows, -1)[:, :count]
-    stream = ((data.unsqueeze(-1) >> torch.arange(8, dtype=torch.int32)) & 1).reshape(rows, -1)
-    stream = stream[:, : count * bits].reshape(rows, count, bits)
-    return (stream << torch.arange(bits, dtype=torch.int32)).sum(-1, dtype=torch.int32)
+    # General widths: code i starts at stream bit i*b, so it lies in the three bytes from (i*b) // 8 (b <= 16,
+    # shift <= 7); three gathers, where expanding every byte to eight bits took eight int32s per byte.
+    start = torch.arange(count, dtype=torch.int64) * bits
+    byte, shift = start >> 3, (start & 7).to(torch.int32)
+    data = torch.nn.functional.pad(data, (0, 2))
+    word = data[:, byte] | (data[:, byte + 1] << 8) | (data[:, byte + 2] << 16)
+    return (word >> shift) & ((1 << bits) - 1)

@@ -229,10 +229,39 @@ class NMQTensor:
             return False
         return all(torch.equal(a, other.tensors()[n]) for n, a in self.tensors().items())
 
-    def validate(self, where: str = "NMQTensor") -> NMQTensor:
-        """Check every field against the header; raise FormatError naming the field."""
-        validate(self, where)
+    def validate(self, where: str = "NMQTensor", chunk_rows: int = 0) -> NMQTensor:
+        """Check every field against the header; raise FormatError naming the field.
+
+        ``chunk_rows`` > 0 checks that many rows at a time (bounded temporaries).
+        A tensor whose fields have not changed since it last passed (same
+        storage, no in-place write: ``Tensor._version``) is not checked again,
+        so a loaded checkpoint's layers are checked once, not at load and
+        again at every backend's prepack.
+        """
+        key = self._fields_key()
+        if getattr(self, "_valid_key", None) == key:
+            return self
+        if chunk_rows <= 0 or self.out_features <= chunk_rows or any(
+                f is not None and (f.dim() != 2 or f.shape[0] != self.out_features)
+                for f in (self.values, self.meta, self.scales, self.zeros)):
+            validate(self, where)
+        else:
+            for r0 in range(0, self.out_features, chunk_rows):
+                validate(self.slice_rows(r0, min(self.out_features, r0 + chunk_rows)), where)
+        self._valid_key = key
         return self
+
+    def _fields_key(self) -> tuple:
+        fields = (self.values, self.meta, self.scales, self.zeros)
+        header = (tuple(self.shape), self.pattern, self.bits, self.group_size, self.symmetric, self.metadata)
+        return (header, *((f.data_ptr(), f._version, tuple(f.shape), f.dtype) if isinstance(f, torch.Tensor)
+                                     else repr(f) for f in fields))
+
+    def slice_rows(self, r0: int, r1: int) -> NMQTensor:
+        """Rows [r0, r1), sharing this tensor's storage."""
+        z = None if self.zeros is None else self.zeros[r0:r1]
+        return NMQTensor((r1 - r0, self.in_features), self.pattern, self.bits, self.group_size, self.symmetric,
+                         self.metadata, self.values[r0:r1], self.meta[r0:r1], self.scales[r0:r1], z)
 
 
 def padded_k(k: int, pattern: Pattern, group_size: int) -> int:

@@ -55,9 +55,15 @@ TOKENIZER_FILES = (
 
 def save_checkpoint(
     model: torch.nn.Module, out_dir: str | Path, source_dir: str | Path | None = None,
-    source: str | None = None, overwrite: bool = False,
+    source: str | None = None, overwrite: bool = False, dense_dtype: torch.dtype | None = None,
 ) -> Path:
-    """Write ``model`` (with NMQLinear layers) as a checkpoint directory."""
+    """Write ``model`` (with NMQLinear layers) as a checkpoint directory.
+
+    ``dense_dtype`` stores the dense floating-point matrices (embeddings, an
+    uncompressed ``lm_head``) in that dtype; vectors (norms, biases) keep
+    theirs, being a rounding error of the size and not of the accuracy.
+    ``load_model`` casts every tensor back to the dtype the model computes in.
+    """
     compressed = {n: m.nmq_weight for n, m in model.named_modules() if isinstance(m, NMQLinear)}
     released = [n for n, t in compressed.items() if t is None]
     if released:
@@ -72,6 +78,8 @@ def save_checkpoint(
             tied[name] = seen[key]
             continue
         seen[key] = name
+        if dense_dtype is not None and tensor.dim() >= 2 and tensor.is_floating_point():
+            tensor = tensor.to(dense_dtype)
         dense[name] = tensor
     # Non-persistent buffers are outside the state dict. Those of modules without parameters (rotary tables) are
     # rebuilt from the config at load (materialize_buffers); the others (Gemma's embed_scale, beside the
@@ -160,6 +168,11 @@ def load_model(ckpt: str | Path, backend: str = "auto", path: str = "w4a16") -> 
         if not isinstance(old, torch.nn.Linear) or (old.out_features, old.in_features) != tuple(t.shape):
             raise FormatError(f"{ckpt}: compressed layer {name!r} {list(t.shape)} does not match the model's {old}")
         set_submodule(model, name, NMQLinear(t, dense.pop(f"{name}.bias", None), backend=backend, path=path))
+    # Before tying, so that tied weights stay one tensor.
+    wanted = model.state_dict()  # meta tensors: the dtype the model computes in, for free
+    for name, t in dense.items():
+        if name in wanted and t.is_floating_point() and wanted[name].dtype != t.dtype:
+            dense[name] = t.to(wanted[name].dtype)
     for name, source in record["tied"].items():
         if source in dense:
             dense[name] = dense[source]

@@ -33,6 +33,44 @@ class Perplexity:
         return self.nll / math.log(2)
 
 
+# Positions per log-softmax: [chunk, vocab] fp32 at a time (25 MB for a 49k vocabulary), so the memory of an
+# evaluation does not grow with the vocabulary or the batch.
+HEAD_CHUNK = 128
+
+
+def _body_and_head(model: torch.nn.Module):
+    """(hidden states of ``x``, logits of hidden states) for a Hugging Face causal LM, or None when it has no
+    separable head (then the whole model runs and its logits are read in chunks)."""
+    base = getattr(model, "base_model", None)
+    head = model.get_output_embeddings() if hasattr(model, "get_output_embeddings") else None
+    if base is None or base is model or head is None:
+        return None
+    cap = getattr(getattr(model, "config", None), "final_logit_softcapping", None)  # Gemma 2/3
+
+    def body(x):
+        return base(input_ids=x, use_cache=False).last_hidden_state
+
+    def logits(h):
+        z = head(h)
+        return torch.tanh(z / cap) * cap if cap else z
+
+    return body, logits
+
+
+def _already_logits(z: torch.Tensor) -> torch.Tensor:
+    return z
+
+
+def _nll_sum(logits_of, h: torch.Tensor, targets: torch.Tensor) -> float:
+    """Sum of -log p(target) over positions, ``HEAD_CHUNK`` positions at a time."""
+    total = 0.0
+    for i in range(0, targets.numel(), HEAD_CHUNK):
+        z = logits_of(h[i : i + HEAD_CHUNK]).float()
+        t = targets[i : i + HEAD_CHUNK]
+        total += float((torch.logsumexp(z, dim=-1) - z.gather(-1, t.unsqueeze(-1)).squeeze(-1)).double().sum())
+    return total
+
+
 @torch.no_grad()
 def perplexity(model: torch.nn.Module, ids: torch.Tensor, window: int = 512, stride: int = 256, batch: int = 8,
                progress: bool = False) -> Perplexity:
@@ -53,26 +91,31 @@ def perplexity(model: torch.nn.Module, ids: torch.Tensor, window: int = 512, str
         prev_end = end
         if end == n:
             break
+    split = _body_and_head(model)
     total, count = 0.0, 0
-    it = range(0, len(spans), batch)
+    bar = None
     if progress:
         from tqdm import tqdm
 
-        it = tqdm(it, desc="perplexity", unit="batch", leave=False)
-    for i in it:
+        bar = tqdm(total=sum(e - b - f for b, e, f in spans), desc="perplexity", unit="tok", leave=False)
+    for i in range(0, len(spans), batch):
         group = spans[i : i + batch]
         length = max(e - b for b, e, _ in group)
         x = torch.zeros(len(group), length, dtype=torch.long)
         for j, (b, e, _) in enumerate(group):
             x[j, : e - b] = ids[b:e]
-        logits = model(input_ids=x, use_cache=False).logits
+        if split is None:
+            out, logits_of = model(input_ids=x, use_cache=False).logits, _already_logits
+        else:
+            out, logits_of = split[0](x), split[1]
         for j, (b, e, first) in enumerate(group):
-            # One window at a time: fp32 log-probabilities of a whole batch over a large vocabulary take GBs.
-            logp = torch.log_softmax(logits[j, :-1].float(), dim=-1)
-            nll = -logp.gather(-1, x[j, 1:].unsqueeze(-1)).squeeze(-1)
-            # target at position p (p >= first) is predicted from position p - 1
-            total += float(nll[first - 1 : e - b - 1].double().sum())
+            # the target at position p (p >= first) is predicted from position p - 1
+            total += _nll_sum(logits_of, out[j, first - 1 : e - b - 1], x[j, first : e - b])
             count += e - b - first
-        del logits
+            if bar is not None:
+                bar.update(e - b - first)
+        del out
+    if bar is not None:
+        bar.close()
     mean = total / count
     return Perplexity(math.exp(mean), mean, count, window, stride)

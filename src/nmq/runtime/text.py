@@ -23,6 +23,12 @@ class ByteTokenizer:
     def decode(self, ids: list[int]) -> str:
         return bytes(i for i in ids if 0 <= i < BYTE_VOCAB).decode("utf-8", errors="replace")
 
+    def chat_ids(self, message: str) -> list[int]:
+        from ..errors import ModelError
+
+        raise ModelError("--chat: this model is byte-level and has no chat template; accepted: a model whose "
+                         "tokenizer has one (an Instruct model's)")
+
 
 class HFTokenizer:
     """A Hugging Face tokenizer loaded from a model or checkpoint directory, or from a GGUF file."""
@@ -43,6 +49,18 @@ class HFTokenizer:
 
     def decode(self, ids: list[int]) -> str:
         return self.tok.decode(ids)
+
+    def chat_ids(self, message: str) -> list[int]:
+        """``message`` as the user's turn of a conversation, through the tokenizer's chat template, ready for
+        the assistant's reply."""
+        if not getattr(self.tok, "chat_template", None):
+            from ..errors import ModelError
+
+            raise ModelError("--chat: the tokenizer has no chat template; accepted: a model whose tokenizer "
+                             "has one (an Instruct model's)")
+        out = self.tok.apply_chat_template([{"role": "user", "content": message}], add_generation_prompt=True,
+                                           tokenize=True)
+        return list(out["input_ids"] if isinstance(out, dict) or hasattr(out, "keys") else out)
 
 
 def load_tokenizer(directory: str | Path | None, vocab_size: int):

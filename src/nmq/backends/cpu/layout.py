@@ -111,12 +111,7 @@ def fast_kind(t: NMQTensor) -> int:
 
 def prepack(t: NMQTensor) -> tuple[FastParams | GenericParams, tuple[torch.Tensor, ...]]:
     """The layout of a validated weight: its numbers and buffers (values, metadata, scales, zeros[, rank table])."""
-    for name in ("values", "meta", "scales", "zeros"):
-        f = getattr(t, name)
-        if f is not None and (f.dim() != 2 or f.shape[0] != t.out_features):
-            t.validate()  # names the field and what is wrong
-    for r0 in range(0, t.out_features, PACK_CHUNK_ROWS):  # row by row checks, bounded temporaries
-        _rows(t, r0, min(t.out_features, r0 + PACK_CHUNK_ROWS)).validate()
+    t.validate(chunk_rows=PACK_CHUNK_ROWS)
     kind = fast_kind(t)
     return _pack_fast(t, kind) if kind else _pack_generic(t)
 
@@ -211,7 +206,7 @@ def _pack_fast(t: NMQTensor, kind: int) -> tuple[FastParams, tuple[torch.Tensor,
     # In chunks of rows: decoding the format's bit streams takes int32 and
     # int64 temporaries many times the packed size. Layouts are row-block
     # major, so the chunks' bytes simply follow each other.
-    parts = [_pack_rows(_rows(t, r0, min(out, r0 + PACK_CHUNK_ROWS)), kind, kk, pairs)
+    parts = [_pack_rows(t.slice_rows(r0, min(out, r0 + PACK_CHUNK_ROWS)), kind, kk, pairs)
              for r0 in range(0, out, PACK_CHUNK_ROWS)]
     vals = torch.cat([v.reshape(-1) for v, _ in parts])
     meta = torch.cat([mt.reshape(-1) for _, mt in parts] + [torch.zeros(params.spare, dtype=torch.uint8)])
@@ -237,13 +232,6 @@ _PAIRS24 = ((0, 1), (0, 2), (1, 2), (0, 3), (1, 3), (2, 3))
 # that the lane read as two 16-bit words holds codes (0, 1) and, shifted right
 # by 8 bits, codes (2, 3): the pairs a bf16 dot product instruction takes.
 _SLOT_CODE = (0, 2, 1, 3)
-
-
-def _rows(t: NMQTensor, r0: int, r1: int) -> NMQTensor:
-    """Rows [r0, r1) of t, sharing its storage."""
-    z = None if t.zeros is None else t.zeros[r0:r1]
-    return NMQTensor((r1 - r0, t.in_features), t.pattern, t.bits, t.group_size, t.symmetric, t.metadata,
-                     t.values[r0:r1], t.meta[r0:r1], t.scales[r0:r1], z)
 
 
 def _pack24(codes: torch.Tensor, gpos: torch.Tensor, out: int, blocks: int, pairs: int):
