@@ -221,3 +221,38 @@ def test_generate_streams_and_reports_timing(capsys, tmp_path):
     code, stdout, err = run(capsys, "generate", "tiny-llama", "--prompt", "x = ", "--max-new-tokens", "5")
     assert code == 0 and stdout.startswith("x = ") and "tokens/s" in err
     one_line_error(*run(capsys, "generate", str(out), "--backend", "tpu"), ["tpu", "accepted"])
+
+
+@pytest.fixture(scope="module")
+def bad_sources(tmp_path_factory):
+    """A truncated GGUF, a GGUF of a family nmq does not run, a sharded directory without one shard."""
+    import gguf
+    import transformers as T
+
+    from nmq.models.gguf import builtin_gguf_path
+
+    d = tmp_path_factory.mktemp("bad-sources")
+    data = builtin_gguf_path("smollm2-135m").read_bytes()
+    (d / "truncated.gguf").write_bytes(data[: len(data) // 2])
+    w = gguf.GGUFWriter(str(d / "bloom.gguf"), "bloom")
+    w.add_block_count(1)
+    w.add_tensor("token_embd.weight", np.ones((4, 4), dtype=np.float32))
+    w.write_header_to_file()
+    w.write_kv_data_to_file()
+    w.write_tensors_to_file()
+    w.close()
+    config = T.LlamaConfig(vocab_size=320, hidden_size=64, intermediate_size=128, num_hidden_layers=2,
+                           num_attention_heads=4, num_key_value_heads=2)
+    T.LlamaForCausalLM(config).save_pretrained(str(d / "sharded"), max_shard_size="100KB")
+    (d / "sharded" / "model-00002-of-00005.safetensors").unlink()
+    return d
+
+
+@pytest.mark.parametrize("source,words", [
+    ("truncated.gguf", ["not a complete GGUF file", "truncated"]),
+    ("bloom.gguf", ["architecture 'bloom' is not supported", "accepted: llama"]),
+    ("sharded", ["shard model-00002-of-00005.safetensors is missing"]),
+])
+def test_bad_model_sources(capsys, tmp_path, bad_sources, source, words):
+    one_line_error(*run(capsys, "compress", str(bad_sources / source), "-o", str(tmp_path / "ck"), "--quiet"), words)
+    assert not (tmp_path / "ck").exists()

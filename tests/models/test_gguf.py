@@ -49,5 +49,5 @@ def test_a_missing_gguf_file_is_one_clear_error(tmp_path):
     with pytest.raises(ModelError, match="not found; accepted: a .gguf file or one of smollm2-135m"):
         load_source(str(tmp_path / "nope.gguf"))
     (tmp_path / "bad.gguf").write_bytes(b"not a gguf file")
-    with pytest.raises(ModelError, match="cannot load as a GGUF causal LM"):
+    with pytest.raises(ModelError, match="not a complete GGUF file"):
         load_source(str(tmp_path / "bad.gguf"), progress=False)

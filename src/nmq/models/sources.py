@@ -42,6 +42,7 @@ def load_source(src: str, progress: bool = True, dtype: str = "auto") -> tuple[t
         raise ModelError(f"{path} is already an nmq checkpoint; compress the original model instead")
     if not (path / "config.json").is_file():
         raise ModelError(f"{path}: no config.json; accepted: a Hugging Face model directory")
+    check_shards(path)
     from transformers import AutoModelForCausalLM
     from transformers.utils import logging as hf_logging
 
@@ -58,3 +59,18 @@ def load_source(src: str, progress: bool = True, dtype: str = "auto") -> tuple[t
                   "--dtype float32 keeps them exact at twice the memory)", file=sys.stderr)
         model = model.to(torch.bfloat16)
     return model.eval(), path
+
+
+def check_shards(path: Path) -> None:
+    """Every shard a sharded checkpoint's index names is there (else one line naming the first missing one)."""
+    import json
+
+    for index in sorted(path.glob("*.safetensors.index.json")) + sorted(path.glob("*.bin.index.json")):
+        try:
+            files = sorted(set(json.loads(index.read_text())["weight_map"].values()))
+        except (ValueError, KeyError, TypeError, AttributeError):
+            raise ModelError(f"{index}: not a shard index (a JSON object with a 'weight_map')") from None
+        missing = [f for f in files if not (path / f).is_file()]
+        if missing:
+            raise ModelError(f"{path}: shard {missing[0]} is missing ({len(missing)} of the {len(files)} that "
+                             f"{index.name} lists)")
