@@ -15,6 +15,7 @@ first". Rows are padded to whole bytes with zero bits.
 
 from __future__ import annotations
 
+import numpy as np
 import torch
 
 MAX_CODE_BITS = 16
@@ -49,22 +50,31 @@ def pack(codes: torch.Tensor, bits: int) -> torch.Tensor:
     return (stream.reshape(rows, nbytes, 8) * weights).sum(-1).to(torch.uint8)
 
 
-def unpack(packed: torch.Tensor, bits: int, count: int) -> torch.Tensor:
-    """Inverse of :func:`pack`: uint8 ``[rows, bytes]`` to int32 codes ``[rows, count]``."""
+def unpack(packed: torch.Tensor, bits: int, count: int, dtype: torch.dtype = torch.int32) -> torch.Tensor:
+    """Inverse of :func:`pack`: uint8 ``[rows, bytes]`` to int32 (or ``dtype``, wide enough) codes ``[rows, count]``.
+
+    In NumPy: these are a few passes over small arrays, where PyTorch's
+    threaded elementwise ops cost more to start than to run (10x at a
+    1536 x 576 layer's codes); loading a checkpoint unpacks every layer.
+    """
     if not 1 <= bits <= MAX_CODE_BITS:
         raise ValueError(f"code width {bits} out of range 1..{MAX_CODE_BITS}")
-    rows = packed.shape[0]
-    data = packed.to(torch.int32)
+    data = packed.detach().cpu().contiguous().numpy()
+    wanted = torch.empty(0, dtype=dtype).numpy().dtype
+    rows = data.shape[0]
     if bits == 8:
-        return data[:, :count]
+        return torch.from_numpy(data[:, :count].astype(wanted))
     if bits in (1, 2, 4) and count * bits % 8 == 0:
-        per = 8 // bits
-        shifts = torch.arange(per, dtype=torch.int32) * bits
-        return ((data.unsqueeze(-1) >> shifts) & ((1 << bits) - 1)).reshape(rows, -1)[:, :count]
+        per, mask = 8 // bits, (1 << bits) - 1
+        out = np.empty(data.shape + (per,), np.uint8)
+        for i in range(per):
+            np.bitwise_and(np.right_shift(data, i * bits), mask, out=out[..., i])
+        return torch.from_numpy(out.reshape(rows, -1)[:, :count].astype(wanted))
     # General widths: code i starts at stream bit i*b, so it lies in the three bytes from (i*b) // 8 (b <= 16,
-    # shift <= 7); three gathers, where expanding every byte to eight bits took eight int32s per byte.
-    start = torch.arange(count, dtype=torch.int64) * bits
-    byte, shift = start >> 3, (start & 7).to(torch.int32)
-    data = torch.nn.functional.pad(data, (0, 2))
-    word = data[:, byte] | (data[:, byte + 1] << 8) | (data[:, byte + 2] << 16)
-    return (word >> shift) & ((1 << bits) - 1)
+    # shift <= 7): three gathers.
+    start = np.arange(count, dtype=np.int64) * bits
+    byte, shift = start >> 3, (start & 7).astype(np.int32)
+    wide = np.zeros((rows, data.shape[1] + 2), np.int32)
+    wide[:, : data.shape[1]] = data
+    word = wide[:, byte] | (wide[:, byte + 1] << 8) | (wide[:, byte + 2] << 16)
+    return torch.from_numpy(((word >> shift) & ((1 << bits) - 1)).astype(wanted, copy=False))

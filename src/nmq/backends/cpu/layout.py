@@ -20,8 +20,10 @@ import ctypes
 import mmap
 from dataclasses import dataclass, fields, replace
 
+import numpy as np
 import torch
 
+from ...format import bitpack
 from ...format.pattern import unrank_table
 from ...format.tensor import NMQTensor
 from .ext import native
@@ -152,7 +154,7 @@ def _pack_rows(t: NMQTensor, kind: int, kk: int, pairs: int) -> tuple[torch.Tens
     blocks = -(-out // ROWS)
     outp = blocks * ROWS
     if kind == KIND_24:
-        return _pack24(t.codes().to(torch.uint8), t.group_positions().to(torch.uint8), out, blocks, pairs)
+        return _pack24(bitpack.unpack(t.values, t.bits, t.kept_per_row, torch.uint8), _ranks24(t), out, blocks, pairs)
     codes = t.codes().to(torch.uint8)  # [out, kept]
     if kind == KIND_48:
         # Keep mask and codes at dense positions; padding rows keep the first N
@@ -234,35 +236,48 @@ _PAIRS24 = ((0, 1), (0, 2), (1, 2), (0, 3), (1, 3), (2, 3))
 _SLOT_CODE = (0, 2, 1, 3)
 
 
-def _pack24(codes: torch.Tensor, gpos: torch.Tensor, out: int, blocks: int, pairs: int):
-    """The 2:4 fast layout (see kernels.h): codes [out, kept], positions [out, K/4, 2]."""
-    outp = blocks * ROWS
-    code = torch.zeros(outp, pairs, 4, dtype=torch.uint8)
-    code.view(outp, -1)[:out, : codes.shape[1]] = codes
-    rank = torch.zeros(outp, pairs * 2, dtype=torch.uint8)
+def _ranks24(t: NMQTensor) -> torch.Tensor:
+    """The 3-bit rank of every 4-group's kept pair, uint8 ``[out, K/4]``: the format's own metadata codes when
+    it stores ranks (the same colex order), else computed from the positions."""
+    if t.metadata == "rank":
+        return bitpack.unpack(t.meta, 3, t.padded_in // 4, torch.uint8)
+    gpos = t.group_positions()
     lut = torch.zeros(4, 4, dtype=torch.uint8)
     for r, (a, b) in enumerate(_PAIRS24):
         lut[a, b] = r
-    rank[:out, : gpos.shape[1]] = lut[gpos[..., 0].long(), gpos[..., 1].long()]
+    return lut[gpos[..., 0], gpos[..., 1]]
+
+
+def _pack24(codes: torch.Tensor, ranks: torch.Tensor, out: int, blocks: int, pairs: int):
+    """The 2:4 fast layout (see kernels.h): codes [out, kept], ranks [out, K/4].
+
+    In NumPy, like :func:`nmq.format.bitpack.unpack`: a layer's few passes over
+    small arrays, where PyTorch's threaded ops cost more to start than to run.
+    """
+    outp = blocks * ROWS
+    code = np.zeros((outp, pairs, 4), np.uint8)
+    code.reshape(outp, -1)[:out, : codes.shape[1]] = codes.numpy()
+    rank = np.zeros((outp, pairs * 2), np.int64)
+    rank[:out, : ranks.shape[1]] = ranks.numpy()
     # Values: per two pair-steps 64 bytes, byte 4 * row + slot holding that
     # code of the first step in its low nibble and of the second in its high
     # one (a zero step pads an odd count).
     code = code[..., list(_SLOT_CODE)]
     if pairs % 2:
-        code = torch.cat([code, torch.zeros(outp, 1, 4, dtype=torch.uint8)], dim=1)
-    nib = code.reshape(blocks, ROWS, -1, 2, 4).permute(0, 2, 3, 1, 4).reshape(-1, 2, 64)  # [b, two-step, step, row, slot]
+        code = np.concatenate([code, np.zeros((outp, 1, 4), np.uint8)], axis=1)
+    nib = code.reshape(blocks, ROWS, -1, 2, 4).transpose(0, 2, 3, 1, 4).reshape(-1, 2, 64)  # [b, two-step, step, row, slot]
     vals = nib[:, 0] | (nib[:, 1] << 4)
     # Metadata: per row and pair-step 6 bits (rank of the first 4-group, then
     # of the second); per quad of pair-steps 8 row pairs x 48 bits, bit
     # 12 * step + 6 * row-in-pair.
     quads = -(-pairs // 4)
-    field = torch.zeros(outp, quads * 4, dtype=torch.int64)
-    rank = rank.reshape(outp, pairs, 2).long()
+    field = np.zeros((outp, quads * 4), np.int64)
+    rank = rank.reshape(outp, pairs, 2)
     field[:, :pairs] = rank[..., 0] | (rank[..., 1] << 3)
-    field = field.reshape(blocks, 8, 2, quads, 4).permute(0, 3, 1, 4, 2).reshape(blocks, quads, 8, 8)
-    word = (field << (6 * torch.arange(8))).sum(-1)  # 48 bits per row pair
-    meta = ((word.unsqueeze(-1) >> (8 * torch.arange(6))) & 0xFF).to(torch.uint8).reshape(-1)
-    return vals.reshape(-1), meta  # the caller appends the spare bytes
+    field = field.reshape(blocks, 8, 2, quads, 4).transpose(0, 3, 1, 4, 2).reshape(blocks, quads, 8, 8)
+    word = (field << (6 * np.arange(8, dtype=np.int64))).sum(-1)  # 48 bits per row pair
+    meta = ((word[..., None] >> (8 * np.arange(6, dtype=np.int64))) & 0xFF).astype(np.uint8).reshape(-1)
+    return torch.from_numpy(np.ascontiguousarray(vals).reshape(-1)), torch.from_numpy(meta)  # + spare bytes
 
 
 def _pack_generic(t: NMQTensor) -> tuple[GenericParams, tuple[torch.Tensor, ...]]:
