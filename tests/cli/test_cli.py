@@ -146,7 +146,7 @@ def test_newer_version_checkpoint(capsys, tmp_path, weights):
     one_line_error(*run(capsys, "inspect", str(path)), ["version 7", "upgrade"])
 
 
-@pytest.mark.parametrize("command", ["compress", "inspect", "demo", "eval", "bench", "generate"])
+@pytest.mark.parametrize("command", ["compress", "inspect", "demo", "eval", "bench", "generate", "export"])
 def test_help_has_examples(capsys, command):
     with pytest.raises(SystemExit) as exc:
         main([command, "--help"])
@@ -256,3 +256,15 @@ def bad_sources(tmp_path_factory):
 def test_bad_model_sources(capsys, tmp_path, bad_sources, source, words):
     one_line_error(*run(capsys, "compress", str(bad_sources / source), "-o", str(tmp_path / "ck"), "--quiet"), words)
     assert not (tmp_path / "ck").exists()
+
+
+def test_export_prints_its_storage_and_refuses_bad_input(capsys, tmp_path):
+    ck = tmp_path / "ck"
+    assert run(capsys, "compress", "tiny-llama", "-o", str(ck), "--quiet")[0] == 0
+    code, stdout, _ = run(capsys, "export", str(ck), "-o", str(tmp_path / "ct"), "--json")
+    r = json.loads(stdout)
+    assert code == 0 and r["format"] == "pack-quantized" and r["bits_per_weight"] == 4.25
+    code, stdout, _ = run(capsys, "export", str(ck), "-o", str(tmp_path / "ct2"))
+    assert code == 0 and "4.250 bits/weight" in stdout and "written dense" in stdout
+    one_line_error(*run(capsys, "export", str(ck), "-o", str(tmp_path / "ct")), ["exists", "--overwrite"])
+    one_line_error(*run(capsys, "export", str(tmp_path), "-o", str(tmp_path / "ct3")), ["not an nmq checkpoint"])

@@ -29,6 +29,11 @@ EXAMPLES = {
           nmq eval ckpt/tiny-2of4 --perplexity notes.txt --window 1024 --stride 512 --json
           nmq eval smollm2-135m --perplexity --max-tokens 40000
     """,
+    "export": """
+        examples:
+          nmq export ckpt/tiny-2of4 -o export/tiny-ct --to compressed-tensors
+          nmq export ckpt/smollm2-2of4 -o export/smollm2-ct --to compressed-tensors --json
+    """,
     "generate": """
         examples:
           nmq generate tiny-llama --prompt "import os"
@@ -88,6 +93,16 @@ def add_parsers(sub, common: argparse.ArgumentParser) -> None:
     p.add_argument("--backend", default="auto", help="backend for compressed layers (default auto)")
     p.add_argument("--json", action="store_true", help='print {"perplexity", "bits_per_token", "tokens", ...}')
     p.set_defaults(func=cmd_eval)
+
+    p = command(sub, common, "export", "Write an nmq checkpoint for an engine without N:M support (compressed-tensors: "
+                "what vLLM serves as W4A16); sparse layers are written dense, every value kept.", EXAMPLES["export"])
+    p.add_argument("checkpoint", metavar="CKPT", help="an nmq checkpoint directory (made by 'nmq compress')")
+    p.add_argument("-o", "--output", required=True, metavar="OUT", help="the model directory to write")
+    p.add_argument("--to", default="compressed-tensors", choices=["compressed-tensors"],
+                   help="format (default compressed-tensors: pack-quantized safetensors and its quantization_config)")
+    p.add_argument("--overwrite", action="store_true", help="replace OUT if it exists")
+    p.add_argument("--json", action="store_true", help='print {"format", "layers", "bits_per_weight", ...}')
+    p.set_defaults(func=cmd_export)
 
     p = command(sub, common, "generate", "Generate text with a model's KV cache; print prefill time, decode latency and tokens/s.",
                 EXAMPLES["generate"])
@@ -166,6 +181,22 @@ def dense_storage_dtype(model, requested: str):
         return getattr(torch, requested)
     dtype = next(model.parameters()).dtype
     return torch.bfloat16 if dtype == torch.float32 else dtype
+
+
+def cmd_export(args: argparse.Namespace) -> int:
+    from ..atomic import check_new_output
+    from ..models.export import export_checkpoint
+
+    check_new_output(args.output, args.overwrite)
+    r = export_checkpoint(args.checkpoint, args.output, args.to, overwrite=args.overwrite)
+    if args.json:
+        print(json.dumps(r, indent=2))
+    else:
+        lost = r["sparse_weights_densified"]
+        print(f"wrote {args.output}: {args.to} ({r['format']}), {r['layers']} layers at {r['bits_per_weight']:.3f} "
+              f"bits/weight ({', '.join(f'{n} {k}' for k, n in r['groups'].items())})"
+              + (f"; {lost:,} weights of N:M layers written dense (the engine cannot skip them)" if lost else ""))
+    return 0
 
 
 def cmd_inspect(args: argparse.Namespace) -> int:
