@@ -100,16 +100,38 @@ def test_missing_file(tmp_path):
 
 
 def test_failed_write_leaves_nothing(tmp_path, monkeypatch):
-    import safetensors.torch
+    from nmq.format import file
 
     def boom(*a, **k):
         raise OSError("disk full")
 
-    monkeypatch.setattr(safetensors.torch, "save_file", boom)
+    monkeypatch.setattr(file.shutil, "copyfileobj", boom)  # the header is written, the tensors' bytes fail
     t = nmq.compress_weight(torch.randn(4, 16), group_size=16)
     with pytest.raises(OSError):
         t.save(tmp_path / "w.safetensors")
     assert list(tmp_path.iterdir()) == []
+    monkeypatch.undo()
+    with pytest.raises(RuntimeError), file.TensorFileWriter(tmp_path / "w.safetensors") as w:  # fails midway
+        w.add_compressed("a", t)
+        raise RuntimeError("interrupted")
+    assert list(tmp_path.iterdir()) == []
+
+
+def test_the_writer_matches_safetensors_own_reader(tmp_path):
+    """Every dtype, an empty field, a scalar: safetensors reads back what the streaming writer wrote."""
+    from safetensors.torch import load_file
+
+    from nmq.format.file import TensorFileWriter
+
+    tensors = {"f32": torch.randn(3, 5), "bf16": torch.randn(7).bfloat16(), "f16": torch.randn(2, 2).half(),
+               "i64": torch.arange(4), "u8": torch.arange(9, dtype=torch.uint8).reshape(3, 3),
+               "empty": torch.zeros(4, 0, dtype=torch.uint8), "scalar": torch.tensor(2.5)}
+    with TensorFileWriter(tmp_path / "x.safetensors") as w:
+        for name, value in tensors.items():
+            w.add_dense(name, value)
+    back = load_file(str(tmp_path / "x.safetensors"))
+    assert back.keys() == tensors.keys()
+    assert all(back[k].dtype == v.dtype and torch.equal(back[k], v) for k, v in tensors.items())
 
 
 def test_mixed_file_round_trip(tmp_path):

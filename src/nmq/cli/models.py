@@ -71,6 +71,8 @@ def add_parsers(sub, common: argparse.ArgumentParser) -> None:
     p.add_argument("--ignore", action="append", default=[], metavar="REGEX", help="leave matching layers dense (repeatable; lm_head always, unless --compress-lm-head)")
     p.add_argument("--compress-lm-head", action="store_true", help="compress lm_head too")
     p.add_argument("--overwrite", action="store_true", help="replace DIR if it exists")
+    p.add_argument("--in-memory", action="store_true", help="load the whole model even where it could stream (by "
+                   "default magnitude/rtn on a directory of safetensors read and compress one tensor at a time)")
     p.add_argument("--json", action="store_true", help="print the storage summary as JSON")
     p.set_defaults(func=cmd_compress)
 
@@ -128,6 +130,7 @@ def cmd_compress(args: argparse.Namespace) -> int:
     from ..compress.recipe import DEFAULT_IGNORE, Recipe
     from ..models.checkpoint import save_checkpoint
     from ..models.sources import load_source
+    from ..models.stream import compress_streaming, stream_blocker
     from ..models.summary import format_table, summarize
     from ..models.weight_file import compress_weight_file, is_weight_file
 
@@ -143,6 +146,12 @@ def cmd_compress(args: argparse.Namespace) -> int:
             raise NMQError(f"method {recipe.method.name!r} needs a model to calibrate; a bare weight file takes magnitude or rtn "
                            "(or call nmq.compress_weight(w, method=..., inputs=X) from Python)")
         compress_weight_file(args.source, args.output, recipe, overwrite=args.overwrite)
+    elif not args.in_memory and stream_blocker(args.source, recipe) is None:
+        dense_dtype = torch.bfloat16 if args.dtype == "auto" else getattr(torch, args.dtype)
+        say(f"compressing {args.source} streamed, one tensor in memory at a time; dense matrices stored as "
+            f"{str(dense_dtype).removeprefix('torch.')}", chatty(args))
+        compress_streaming(args.source, args.output, recipe, dtype=args.dtype, dense_dtype=dense_dtype,
+                           source=args.source, overwrite=args.overwrite, progress=not args.quiet)
     else:
         say(f"loading {args.source}", chatty(args))
         model, source_dir = load_source(args.source, progress=not args.quiet, dtype=args.dtype)

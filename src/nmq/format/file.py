@@ -17,6 +17,9 @@ and the field at fault.
 from __future__ import annotations
 
 import json
+import shutil
+import struct
+import tempfile
 import zlib
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -42,28 +45,95 @@ class RawFile:
 
 def save_file(path: str | Path, compressed: dict, dense: dict[str, torch.Tensor]) -> None:
     """Write compressed tensors (NMQTensors: anything with ``header()`` and ``tensors()``) and dense ones to ``path`` atomically."""
-    from safetensors.torch import save_file as st_save
+    with TensorFileWriter(path) as writer:
+        for name, t in compressed.items():
+            writer.add_compressed(name, t)
+        for name, data in dense.items():
+            writer.add_dense(name, data)
 
-    tensors: dict[str, torch.Tensor] = {}
-    desc: dict = {"format": FORMAT_NAME, "version": FORMAT_VERSION, "compressed": {}, "dense": {}}
-    for name, t in compressed.items():
+
+# safetensors' dtype names
+_ST_DTYPES = {torch.float64: "F64", torch.float32: "F32", torch.float16: "F16", torch.bfloat16: "BF16",
+              torch.int64: "I64", torch.int32: "I32", torch.int16: "I16", torch.int8: "I8", torch.uint8: "U8",
+              torch.bool: "BOOL"}
+
+
+class TensorFileWriter:
+    """An nmq file written tensor by tensor: memory holds one tensor at a time, whatever the file's size.
+
+    The safetensors header (with the nmq description and its checksums) comes
+    first in the file but is known only at the end, so the tensors' bytes go
+    to a temporary file beside ``path`` as they arrive, and :meth:`close`
+    writes the header and then copies them after it; the file appears under
+    its name only when complete (an interrupted run leaves nothing that loads).
+
+    >>> import tempfile, torch, nmq
+    >>> from nmq.format.load import load_file
+    >>> path = tempfile.mkdtemp() + "/w.safetensors"
+    >>> with TensorFileWriter(path) as w:
+    ...     w.add_compressed("layer", nmq.compress_weight(torch.randn(8, 64), pattern="2:4", group_size=64))
+    ...     w.add_dense("norm", torch.ones(64))
+    >>> sorted(load_file(path).compressed), sorted(load_file(path).dense)
+    (['layer'], ['norm'])
+    """
+
+    def __init__(self, path: str | Path) -> None:
+        self.path = Path(path)
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        self._body = tempfile.NamedTemporaryFile(prefix=f".{self.path.name}.", suffix=".body", dir=self.path.parent)
+        self._table: dict[str, dict] = {}
+        self._offset = 0
+        self.desc: dict = {"format": FORMAT_NAME, "version": FORMAT_VERSION, "compressed": {}, "dense": {}}
+
+    def add_compressed(self, name: str, t) -> None:
         entry = t.header()
         entry["crc32"] = {}
         for fname, data in t.tensors().items():
-            data = data.contiguous()
-            tensors[f"{name}.{fname}"] = data
-            entry["crc32"][fname] = _crc(data)
-        desc["compressed"][name] = entry
-    for name, data in dense.items():
-        if name in tensors:
-            raise FormatError(f"tensor name {name!r} is used twice in {path}")
+            entry["crc32"][fname] = self._write(f"{name}.{fname}", data)
+        self.desc["compressed"][name] = entry
+
+    def add_dense(self, name: str, data: torch.Tensor) -> None:
+        self.desc["dense"][name] = {"crc32": self._write(name, data)}
+
+    def _write(self, key: str, data: torch.Tensor) -> int:
+        if key in self._table:
+            raise FormatError(f"tensor name {key!r} is used twice in {self.path}")
         data = data.detach().to("cpu").contiguous()
-        tensors[name] = data
-        desc["dense"][name] = {"crc32": _crc(data)}
-    _unshare(tensors)
-    text = json.dumps(desc, separators=(",", ":"), sort_keys=True)
-    with atomic_file(path) as tmp:
-        st_save(tensors, str(tmp), metadata={"nmq": text, "nmq_crc32": str(zlib.crc32(text.encode()))})
+        if data.dtype not in _ST_DTYPES:
+            raise FormatError(f"tensor {key!r}: dtype {data.dtype} cannot be stored; accepted: "
+                              f"{', '.join(str(d).removeprefix('torch.') for d in _ST_DTYPES)}")
+        raw = data.reshape(-1).view(torch.uint8).numpy() if data.numel() else b""
+        self._body.write(raw)
+        end = self._offset + data.numel() * data.element_size()
+        self._table[key] = {"dtype": _ST_DTYPES[data.dtype], "shape": list(data.shape), "data_offsets": [self._offset, end]}
+        self._offset = end
+        return _crc(data)
+
+    def close(self) -> None:
+        """Write the file: header, then the tensors' bytes."""
+        text = json.dumps(self.desc, separators=(",", ":"), sort_keys=True)
+        header = {"__metadata__": {"nmq": text, "nmq_crc32": str(zlib.crc32(text.encode()))}, **self._table}
+        head = json.dumps(header, separators=(",", ":")).encode()
+        head += b" " * (-len(head) % 8)  # the tensors' bytes start 8-byte aligned, as safetensors writes them
+        self._body.flush()
+        self._body.seek(0)
+        with atomic_file(self.path) as tmp, open(tmp, "wb") as out:
+            out.write(struct.pack("<Q", len(head)))
+            out.write(head)
+            shutil.copyfileobj(self._body, out, 16 << 20)
+        self._body.close()
+
+    def abort(self) -> None:
+        self._body.close()
+
+    def __enter__(self) -> TensorFileWriter:
+        return self
+
+    def __exit__(self, kind, value, tb) -> None:
+        if kind is None:
+            self.close()
+        else:
+            self.abort()
 
 
 def _unshare(tensors: dict[str, torch.Tensor]) -> None:

@@ -90,27 +90,33 @@ def save_checkpoint(
     for name in buffers:
         dense[name] = model.get_buffer(name)
     recipe = getattr(model, "nmq_recipe", None)
+    with atomic_dir(out_dir, overwrite=overwrite) as tmp:
+        model.config.to_json_file(str(tmp / "config.json"))
+        save_file(tmp / TENSORS_FILE, compressed, dense)
+        finish_checkpoint(tmp, recipe, source, source_dir, sorted(compressed), tied, buffers)
+    return Path(out_dir)
+
+
+def finish_checkpoint(tmp: Path, recipe: Recipe | None, source: str | None, source_dir: str | Path | None,
+                      compressed: list[str], tied: dict[str, str], buffers: list[str]) -> None:
+    """The tokenizer files and ``nmq.json`` of a checkpoint being written in ``tmp`` (config and tensors there)."""
+    if source_dir is not None and is_gguf(source_dir):
+        HFTokenizer(source_dir).tok.save_pretrained(str(tmp))
+    elif source_dir is not None:
+        for fname in TOKENIZER_FILES:
+            if (Path(source_dir) / fname).is_file():
+                shutil.copy2(Path(source_dir) / fname, tmp / fname)
     record = {
         "format": RECORD_FORMAT,
         "version": RECORD_VERSION,
         "recipe": recipe.to_dict() if isinstance(recipe, Recipe) else None,
         "source": source,
         "tensors": TENSORS_FILE,
-        "compressed_layers": sorted(compressed),
+        "compressed_layers": compressed,
         "tied": tied,
         "buffers": buffers,
     }
-    with atomic_dir(out_dir, overwrite=overwrite) as tmp:
-        model.config.to_json_file(str(tmp / "config.json"))
-        save_file(tmp / TENSORS_FILE, compressed, dense)
-        if source_dir is not None and is_gguf(source_dir):
-            HFTokenizer(source_dir).tok.save_pretrained(str(tmp))
-        elif source_dir is not None:
-            for fname in TOKENIZER_FILES:
-                if (Path(source_dir) / fname).is_file():
-                    shutil.copy2(Path(source_dir) / fname, tmp / fname)
-        (tmp / RECORD_FILE).write_text(json.dumps(record, indent=2) + "\n")
-    return Path(out_dir)
+    (tmp / RECORD_FILE).write_text(json.dumps(record, indent=2) + "\n")
 
 
 def read_record(ckpt: str | Path) -> dict:

@@ -1,0 +1,192 @@
+"""Compression streamed from a model's files, for models larger than memory.
+
+A data-free recipe (magnitude, rtn) on a Hugging Face directory of
+safetensors never holds the model: its tensors are read one at a time from
+the shards (plain reads at the offsets their headers give; no memory map,
+whose touched pages would count as resident for the whole run), each target
+layer's weight is compressed and written to the checkpoint's file as it
+comes (:class:`nmq.format.file.TensorFileWriter`), and the model exists only
+as a skeleton on the meta device, for its layer names and tied weights. Peak
+memory is the largest tensor and its compression's temporaries, whatever the
+model's size. The checkpoint holds what the in-memory path
+(``load_source`` + ``compress_model`` + ``save_checkpoint``) writes.
+
+>>> import nmq, tempfile
+>>> src = tempfile.mkdtemp() + "/tiny"
+>>> nmq.builtin_model().save_pretrained(src)
+>>> ck = compress_streaming(src, tempfile.mkdtemp() + "/ck", nmq.Recipe(pattern="2:4"), progress=False)
+>>> len(nmq.load_model(ck).nmq_recipe.to_dict()) > 0
+True
+"""
+
+from __future__ import annotations
+
+import json
+import struct
+from pathlib import Path
+
+import torch
+
+from ..atomic import atomic_dir
+from ..compress.recipe import Recipe
+from ..compress.weight import compress_with
+from ..errors import ModelError, NMQError
+from ..format.file import TensorFileWriter
+from ..progress import progress as progress_bar
+from ..runtime.modules import target_layers
+from .checkpoint import TENSORS_FILE, finish_checkpoint
+from .sources import check_shards
+
+_DTYPES = {"F64": torch.float64, "F32": torch.float32, "F16": torch.float16, "BF16": torch.bfloat16,
+           "I64": torch.int64, "I32": torch.int32, "I16": torch.int16, "I8": torch.int8, "U8": torch.uint8,
+           "BOOL": torch.bool}
+
+
+class SafetensorsShards:
+    """The tensors of a directory's safetensors files (one, or the shards its index names), read one at a time."""
+
+    def __init__(self, directory: str | Path) -> None:
+        directory = Path(directory)
+        check_shards(directory)
+        index = directory / "model.safetensors.index.json"
+        if index.is_file():
+            files = list(dict.fromkeys(json.loads(index.read_text())["weight_map"].values()))
+        elif (directory / "model.safetensors").is_file():
+            files = ["model.safetensors"]
+        else:
+            raise ModelError(f"{directory}: no model.safetensors or model.safetensors.index.json")
+        self.entries: dict[str, tuple[Path, torch.dtype, list[int], int, int]] = {}
+        for fname in files:
+            path = directory / fname
+            with open(path, "rb") as fh:
+                try:
+                    (n,) = struct.unpack("<Q", fh.read(8))
+                    header = json.loads(fh.read(n))
+                except (struct.error, ValueError) as exc:
+                    raise ModelError(f"{path}: not a safetensors file ({exc})") from None
+            size = path.stat().st_size
+            for name, e in header.items():
+                if name == "__metadata__":
+                    continue
+                start, end = e["data_offsets"]
+                if e["dtype"] not in _DTYPES:
+                    raise ModelError(f"{path}: tensor {name!r} has dtype {e['dtype']}; accepted: {', '.join(_DTYPES)}")
+                if 8 + n + end > size:
+                    raise ModelError(f"{path}: truncated: tensor {name!r} ends at byte {8 + n + end}, the file has {size}")
+                self.entries[name] = (path, _DTYPES[e["dtype"]], e["shape"], 8 + n + start, end - start)
+
+    def names(self) -> list[str]:
+        return list(self.entries)
+
+    def read(self, name: str) -> torch.Tensor:
+        path, dtype, shape, offset, nbytes = self.entries[name]
+        buf = bytearray(nbytes)
+        with open(path, "rb") as fh:
+            fh.seek(offset)
+            fh.readinto(buf)
+        if not nbytes:
+            return torch.zeros(shape, dtype=dtype)
+        return torch.frombuffer(buf, dtype=dtype).reshape(shape)
+
+
+def skeleton(directory: str | Path) -> torch.nn.Module:
+    """The model of a Hugging Face directory on the meta device: names, shapes and ties, no memory."""
+    from transformers import AutoConfig, AutoModelForCausalLM
+
+    try:
+        config = AutoConfig.from_pretrained(str(directory), local_files_only=True)
+        with torch.device("meta"):
+            return AutoModelForCausalLM.from_config(config)
+    except Exception as exc:  # transformers raises many kinds for configs it cannot build
+        raise ModelError(f"{directory}/config.json: cannot build the model ({' '.join(str(exc).split())[:300]})") from None
+
+
+def stream_blocker(directory: str | Path, recipe: Recipe) -> str | None:
+    """Why ``directory`` cannot be compressed streamed with ``recipe`` (None: it can)."""
+    directory = Path(directory)
+    if recipe.needs_calibration:
+        return f"method {recipe.method.name!r} calibrates on the whole model"
+    if not directory.is_dir() or (directory / "nmq.json").exists() or not (directory / "config.json").is_file():
+        return "the source is not a Hugging Face model directory"
+    if not ((directory / "model.safetensors").is_file() or (directory / "model.safetensors.index.json").is_file()):
+        return "its weights are not in safetensors files"
+    model = skeleton(directory)
+    state = model.state_dict()
+    extra = [n for n, _ in model.named_buffers() if n not in state and
+             any(True for _ in model.get_submodule(n.rpartition(".")[0]).parameters(recurse=False))]
+    if extra:
+        return f"its buffer {extra[0]} is computed by the model at init (the in-memory path stores it)"
+    return None
+
+
+def compress_streaming(src: str | Path, out_dir: str | Path, recipe: Recipe, *, dtype: str = "auto",
+                       dense_dtype: torch.dtype | None = None, source: str | None = None, overwrite: bool = False,
+                       progress: bool = True) -> Path:
+    """Compress the Hugging Face directory ``src`` with the data-free ``recipe`` into the checkpoint ``out_dir``,
+    one tensor in memory at a time (module doc). ``dtype`` is the load dtype of ``nmq compress --dtype`` (auto:
+    as stored, float16 as bfloat16, as the in-memory path loads it); ``dense_dtype`` that of the dense matrices."""
+    reason = stream_blocker(src, recipe)
+    if reason:
+        raise ModelError(f"{src}: cannot be compressed streamed: {reason}")
+    model = skeleton(src)
+    shards = SafetensorsShards(src)
+    targets = set(target_layers(model, recipe))
+    if not targets:
+        raise ModelError(f"no linear layer matches targets {recipe.targets!r} outside ignore {list(recipe.ignore)}")
+    wanted = model.state_dict()
+    tied, missing = _ties(model, set(shards.entries))
+    if missing:
+        raise ModelError(f"{src}: the checkpoint lacks {missing[:3]}")
+    compressed: list[str] = []
+    with atomic_dir(out_dir, overwrite=overwrite) as tmp:
+        with TensorFileWriter(tmp / TENSORS_FILE) as writer:
+            for name in progress_bar(shards.names(), total=len(shards.entries), desc="compress", enabled=progress):
+                if name not in wanted:
+                    continue  # what from_pretrained drops too (rotary tables some checkpoints carry)
+                t = _as_loaded(shards.read(name), dtype)
+                if tuple(t.shape) != tuple(wanted[name].shape):
+                    raise ModelError(f"{src}: tensor {name!r} is {list(t.shape)}; the config makes it "
+                                     f"{list(wanted[name].shape)}")
+                layer = name.removesuffix(".weight")
+                if name.endswith(".weight") and layer in targets:
+                    try:
+                        writer.add_compressed(layer, compress_with(t, recipe))
+                    except NMQError as exc:
+                        raise type(exc)(f"layer {layer}: {exc}") from None
+                    compressed.append(layer)
+                    continue
+                if dense_dtype is not None and t.dim() >= 2 and t.is_floating_point():
+                    t = t.to(dense_dtype)
+                writer.add_dense(name, t)
+        config = model.config
+        floats = [e[1] for e in shards.entries.values() if e[1].is_floating_point]
+        if floats:  # the dtype the in-memory path's model would compute in, as its config would say
+            config.dtype = _as_loaded(torch.zeros(0, dtype=floats[0]), dtype).dtype
+        config.to_json_file(str(tmp / "config.json"))
+        finish_checkpoint(tmp, recipe, source or str(src), src, sorted(compressed), tied, [])
+    return Path(out_dir)
+
+
+def _as_loaded(t: torch.Tensor, dtype: str) -> torch.Tensor:
+    """``t`` in the dtype the in-memory path would load it in."""
+    if not t.is_floating_point():
+        return t
+    if dtype != "auto":
+        return t.to(getattr(torch, dtype))
+    return t.to(torch.bfloat16) if t.dtype == torch.float16 else t
+
+
+def _ties(model: torch.nn.Module, stored: set[str]) -> tuple[dict[str, str], list[str]]:
+    """Tied names -> the stored name they share (as ``save_checkpoint`` records them), and the state-dict
+    entries the files lack."""
+    groups: dict[int, list[str]] = {}
+    for name, p in model.named_parameters(remove_duplicate=False):
+        groups.setdefault(id(p), []).append(name)
+    tied = {}
+    for names in groups.values():
+        have = [n for n in names if n in stored]
+        for n in names:
+            if have and n not in stored:
+                tied[n] = have[0]
+    missing = [n for n in model.state_dict() if n not in stored and n not in tied]
+    return tied, missing

@@ -1,0 +1,65 @@
+"""Streamed compression (one tensor in memory) writes what the in-memory path writes."""
+
+import json
+
+import pytest
+import torch
+import transformers as T
+
+import nmq
+from nmq.errors import ModelError
+from nmq.format.load import load_file
+from nmq.models.checkpoint import read_record
+from nmq.models.sources import load_source
+from nmq.models.stream import compress_streaming, stream_blocker
+
+COMMON = dict(vocab_size=320, hidden_size=64, intermediate_size=128, num_hidden_layers=2, num_attention_heads=4,
+              num_key_value_heads=2, max_position_embeddings=128)
+CASES = {
+    "llama-bf16-tied-sharded": (T.LlamaConfig, T.LlamaForCausalLM, {"tie_word_embeddings": True}, torch.bfloat16),
+    "qwen2-fp16-biases": (T.Qwen2Config, T.Qwen2ForCausalLM, {}, torch.float16),
+    "phi3-fp32-fused": (T.Phi3Config, T.Phi3ForCausalLM, {"pad_token_id": None}, torch.float32),
+}
+
+
+def write_source(case, path):
+    config_cls, model_cls, extra, dtype = CASES[case]
+    with torch.random.fork_rng():
+        torch.manual_seed(0)
+        model = model_cls(config_cls(**COMMON, **extra)).to(dtype)
+    model.save_pretrained(str(path), max_shard_size="60KB")
+    return path
+
+
+@pytest.mark.parametrize("case", sorted(CASES))
+def test_streamed_checkpoint_equals_the_in_memory_one(case, tmp_path):
+    src = write_source(case, tmp_path / "src")
+    recipe = nmq.Recipe(pattern="2:4", group_size=64)
+    assert stream_blocker(src, recipe) is None
+    streamed = compress_streaming(src, tmp_path / "streamed", recipe, dense_dtype=torch.bfloat16, progress=False)
+    model, _ = load_source(str(src), progress=False)
+    in_memory = nmq.save_checkpoint(nmq.compress_model(model, recipe, progress=False), tmp_path / "mem",
+                                    source_dir=src, source=str(src), dense_dtype=torch.bfloat16)
+    a, b = load_file(streamed / "model.nmq.safetensors"), load_file(in_memory / "model.nmq.safetensors")
+    assert sorted(a.compressed) == sorted(b.compressed) and a.compressed
+    assert all(a.compressed[n].identical(b.compressed[n]) for n in a.compressed)
+    assert a.dense.keys() == b.dense.keys()
+    assert all(a.dense[n].dtype == b.dense[n].dtype and torch.equal(a.dense[n], b.dense[n]) for n in a.dense)
+    assert read_record(streamed) == read_record(in_memory)
+    config = [json.loads((d / "config.json").read_text()) for d in (streamed, in_memory)]
+    assert config[0]["dtype"] == config[1]["dtype"]
+    ids = torch.tensor([[3, 1, 4, 1, 5, 9, 2, 6]])
+    with torch.no_grad():
+        assert torch.equal(nmq.load_model(streamed, backend="reference")(ids).logits,
+                           nmq.load_model(in_memory, backend="reference")(ids).logits)
+
+
+def test_what_cannot_stream_says_why(tmp_path):
+    src = write_source("llama-bf16-tied-sharded", tmp_path / "src")
+    assert "calibrates" in stream_blocker(src, nmq.Recipe(method="sparsegpt"))
+    config = T.Gemma2Config(**COMMON, head_dim=32)
+    T.Gemma2ForCausalLM(config).save_pretrained(str(tmp_path / "gemma"))
+    assert "embed_scale" in stream_blocker(tmp_path / "gemma", nmq.Recipe())
+    with pytest.raises(ModelError, match="cannot be compressed streamed"):
+        compress_streaming(tmp_path / "gemma", tmp_path / "out", nmq.Recipe(), progress=False)
+    assert not (tmp_path / "out").exists()
