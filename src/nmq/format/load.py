@@ -10,6 +10,9 @@ True
 
 from __future__ import annotations
 
+import os
+from concurrent.futures import ThreadPoolExecutor
+
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -31,8 +34,14 @@ class TensorFile:
 def load_file(path: str | Path) -> TensorFile:
     """Read and validate an nmq safetensors file; FormatError names what is wrong."""
     raw = read_file(path)
-    compressed = {name: NMQTensor.from_header(entry, parts, f"{raw.path}: tensor '{name}'")
-                  for name, (entry, parts) in raw.compressed.items()}
+
+    def build(item):
+        name, (entry, parts) = item
+        return name, NMQTensor.from_header(entry, parts, f"{raw.path}: tensor '{name}'")
+
+    # Validation unpacks every field, mostly in NumPy, which releases the GIL: a thread per core.
+    with ThreadPoolExecutor(max_workers=max(1, min(8, os.cpu_count() or 1))) as pool:
+        compressed = dict(pool.map(build, raw.compressed.items()))
     return TensorFile(compressed, raw.dense)
 
 

@@ -20,7 +20,9 @@ True
 from __future__ import annotations
 
 import json
+import os
 import shutil
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import torch
@@ -150,21 +152,18 @@ def load_model(ckpt: str | Path, backend: str = "auto", path: str = "w4a16") -> 
     The model skeleton is built without allocating dense weights, so loading
     never holds a dense copy of a compressed layer.
     """
-    from transformers import AutoConfig, AutoModelForCausalLM
-
     ckpt = Path(ckpt)
     record = read_record(ckpt)
     if not (ckpt / "config.json").is_file():
         raise FormatError(f"{ckpt}: config.json is missing")
-    tensors = load_file(ckpt / record["tensors"])
+    # The skeleton (transformers' imports, mostly Python) is built while the tensors are read and checked
+    # (mostly NumPy and I/O, which release the GIL).
+    with ThreadPoolExecutor(max_workers=1) as pool:
+        building = pool.submit(skeleton, ckpt)
+        tensors = load_file(ckpt / record["tensors"])
+        model = building.result()
     if sorted(tensors.compressed) != sorted(record["compressed_layers"]):
         raise FormatError(f"{ckpt}: {RECORD_FILE} lists layers that {record['tensors']} does not hold")
-    try:
-        config = AutoConfig.from_pretrained(str(ckpt), local_files_only=True)
-        with torch.device("meta"):
-            model = AutoModelForCausalLM.from_config(config)
-    except Exception as exc:
-        raise ModelError(f"{ckpt}/config.json: cannot build the model ({' '.join(str(exc).split())[:300]})") from None
     dense = dict(tensors.dense)
     for name, t in tensors.compressed.items():
         try:
@@ -197,10 +196,23 @@ def load_model(ckpt: str | Path, backend: str = "auto", path: str = "w4a16") -> 
         raise FormatError(f"{ckpt}: the checkpoint lacks {missing[:3]}")
     if record["recipe"] is not None:
         model.nmq_recipe = Recipe.from_dict(record["recipe"])
-    for m in model.modules():
-        if isinstance(m, NMQLinear):
-            m.prepack()
+    # Layers pack independently and mostly in NumPy, which releases the GIL: a thread per core.
+    layers = [m for m in model.modules() if isinstance(m, NMQLinear)]
+    with ThreadPoolExecutor(max_workers=max(1, min(8, os.cpu_count() or 1))) as pool:
+        list(pool.map(NMQLinear.prepack, layers))
     return model.eval()
+
+
+def skeleton(directory: str | Path) -> torch.nn.Module:
+    """The model of a directory's config.json on the meta device: names, shapes and ties, no memory."""
+    from transformers import AutoConfig, AutoModelForCausalLM
+
+    try:
+        config = AutoConfig.from_pretrained(str(directory), local_files_only=True)
+        with torch.device("meta"):  # a thread's own: PyTorch's function modes are per thread
+            return AutoModelForCausalLM.from_config(config)
+    except Exception as exc:  # transformers raises many kinds for configs it cannot build
+        raise ModelError(f"{directory}/config.json: cannot build the model ({' '.join(str(exc).split())[:300]})") from None
 
 
 def materialize_buffers(model: torch.nn.Module) -> None:

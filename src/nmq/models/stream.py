@@ -34,7 +34,7 @@ from ..errors import ModelError, NMQError
 from ..format.file import TensorFileWriter
 from ..progress import progress as progress_bar
 from ..runtime.modules import target_layers
-from .checkpoint import TENSORS_FILE, finish_checkpoint
+from .checkpoint import TENSORS_FILE, finish_checkpoint, skeleton
 from .sources import check_shards
 
 _DTYPES = {"F64": torch.float64, "F32": torch.float32, "F16": torch.float16, "BF16": torch.bfloat16,
@@ -87,18 +87,6 @@ class SafetensorsShards:
         if not nbytes:
             return torch.zeros(shape, dtype=dtype)
         return torch.frombuffer(buf, dtype=dtype).reshape(shape)
-
-
-def skeleton(directory: str | Path) -> torch.nn.Module:
-    """The model of a Hugging Face directory on the meta device: names, shapes and ties, no memory."""
-    from transformers import AutoConfig, AutoModelForCausalLM
-
-    try:
-        config = AutoConfig.from_pretrained(str(directory), local_files_only=True)
-        with torch.device("meta"):
-            return AutoModelForCausalLM.from_config(config)
-    except Exception as exc:  # transformers raises many kinds for configs it cannot build
-        raise ModelError(f"{directory}/config.json: cannot build the model ({' '.join(str(exc).split())[:300]})") from None
 
 
 def stream_blocker(directory: str | Path, recipe: Recipe) -> str | None:
