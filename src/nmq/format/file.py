@@ -146,18 +146,27 @@ def _unshare(tensors: dict[str, torch.Tensor]) -> None:
         seen.add(ptr)
 
 
-def read_file(path: str | Path) -> RawFile:
-    """Read an nmq safetensors file and check its description and checksums; FormatError names what is wrong."""
+def read_file(path: str | Path, data: bool = True) -> RawFile:
+    """Read an nmq safetensors file and check its description and checksums; FormatError names what is wrong.
+
+    With ``data=False`` only the header is read: the fields are meta tensors
+    of the stored shapes and dtypes (what storage accounting needs, without
+    reading gigabytes), and only the description's own checksum is checked.
+    """
     from safetensors import safe_open
 
     path = Path(path)
     if not path.is_file():
         raise FormatError(f"{path}: no such file")
     try:
-        with safe_open(str(path), framework="pt") as fh:
-            meta = fh.metadata() or {}
-            keys = set(fh.keys())
-            raw = {k: fh.get_tensor(k) for k in keys}
+        if data:
+            with safe_open(str(path), framework="pt") as fh:
+                meta = fh.metadata() or {}
+                keys = set(fh.keys())
+                raw = {k: fh.get_tensor(k) for k in keys}
+        else:
+            meta, raw = _read_header(path)
+            keys = set(raw)
     except FormatError:
         raise
     except Exception as exc:  # safetensors raises several types for a damaged file
@@ -172,7 +181,8 @@ def read_file(path: str | Path) -> RawFile:
             key = f"{name}.{fname}"
             if key not in raw:
                 raise FormatError(f"{where}: field '{fname}' is missing from the file")
-            _check_crc(raw[key], entry, fname, where)
+            if data:
+                _check_crc(raw[key], entry, fname, where)
             parts[fname] = raw[key]
             used.add(key)
         result.compressed[name] = (entry, parts)
@@ -181,13 +191,26 @@ def read_file(path: str | Path) -> RawFile:
             raise FormatError(f"{path}: dense tensor '{name}' is missing from the file")
         if not isinstance(entry, dict) or "crc32" not in entry:
             raise FormatError(f"{path}: dense tensor '{name}' has no checksum in the header")
-        _check_crc(raw[name], {"crc32": {"data": entry["crc32"]}}, "data", f"{path}: dense tensor '{name}'")
+        if data:
+            _check_crc(raw[name], {"crc32": {"data": entry["crc32"]}}, "data", f"{path}: dense tensor '{name}'")
         result.dense[name] = raw[name]
         used.add(name)
     extra = keys - used
     if extra:
         raise FormatError(f"{path}: tensors {sorted(extra)[:3]} are not described in the nmq header")
     return result
+
+
+def _read_header(path: Path) -> tuple[dict, dict[str, torch.Tensor]]:
+    """A safetensors file's metadata and its tensors as meta tensors (shapes and dtypes, no data)."""
+    dtypes = {name: dtype for dtype, name in _ST_DTYPES.items()}
+    with open(path, "rb") as fh:
+        (n,) = struct.unpack("<Q", fh.read(8))
+        if n > path.stat().st_size:
+            raise FormatError(f"{path}: header length {n} exceeds the file")
+        header = json.loads(fh.read(n))
+    meta = header.pop("__metadata__", None) or {}
+    return meta, {k: torch.empty(e["shape"], dtype=dtypes[e["dtype"]], device="meta") for k, e in header.items()}
 
 
 def _read_description(path: Path, meta: dict) -> dict:

@@ -30,13 +30,16 @@ class TensorFile:
     dense: dict[str, torch.Tensor] = field(default_factory=dict)
 
 
-def load_file(path: str | Path) -> TensorFile:
-    """Read and validate an nmq safetensors file; FormatError names what is wrong."""
-    raw = read_file(path)
+def load_file(path: str | Path, data: bool = True) -> TensorFile:
+    """Read and validate an nmq safetensors file; FormatError names what is wrong.
+
+    ``data=False``: the header only, fields as meta tensors (:func:`nmq.format.file.read_file`), unvalidated.
+    """
+    raw = read_file(path, data=data)
 
     def build(item):
         name, (entry, parts) = item
-        return name, NMQTensor.from_header(entry, parts, f"{raw.path}: tensor '{name}'")
+        return name, NMQTensor.from_header(entry, parts, f"{raw.path}: tensor '{name}'", check_fields=data)
 
     # Validation unpacks every field, mostly in NumPy, which releases the GIL: a thread per core.
     with ThreadPoolExecutor(max_workers=max(1, min(8, os.cpu_count() or 1))) as pool:

@@ -192,8 +192,9 @@ class NMQTensor:
         save_file(path, compressed={"weight": self}, dense={})
 
     @classmethod
-    def from_header(cls, entry: dict, parts: dict[str, torch.Tensor], where: str) -> NMQTensor:
-        """The tensor a file's header ``entry`` and fields ``parts`` describe, validated; FormatError names the field."""
+    def from_header(cls, entry: dict, parts: dict[str, torch.Tensor], where: str, check_fields: bool = True) -> NMQTensor:
+        """The tensor a file's header ``entry`` and fields ``parts`` describe, validated (the fields' contents too
+        unless ``check_fields`` is false); FormatError names the field."""
         try:
             pattern = Pattern.parse(entry["pattern"])
         except Exception as exc:
@@ -218,7 +219,8 @@ class NMQTensor:
             scales=parts["scales"],
             zeros=parts.get("zeros"),
         )
-        t.validate(where)
+        if check_fields:
+            t.validate(where)
         if entry["padded_in"] != t.padded_in:
             raise FormatError(f"{where}: header field 'padded_in' is {entry['padded_in']!r}; expected {t.padded_in}")
         return t

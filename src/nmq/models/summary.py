@@ -17,15 +17,19 @@ from ..format.storage import Storage, total
 from .checkpoint import read_record
 
 
-def summarize(path: str | Path) -> dict:
-    """``{"path", "tensors": [...], "compressed": {...}, "checkpoint": {...}}`` for a file or checkpoint dir."""
+def summarize(path: str | Path, validate: bool = True) -> dict:
+    """``{"path", "tensors": [...], "compressed": {...}, "checkpoint": {...}}`` for a file or checkpoint dir.
+
+    ``validate=False`` reads the header only (shapes and dtypes are all the
+    accounting needs): for a file just written, without reading it back whole.
+    """
     path = Path(path)
     if path.is_dir():
         record = read_record(path)
         tensor_file = path / record["tensors"]
     else:
         record, tensor_file = None, path
-    contents = load_file(tensor_file)
+    contents = load_file(tensor_file, data=validate)
     rows, comp, everything = [], [], []
     for name, t in sorted(contents.compressed.items()):
         s = t.storage()
