@@ -63,4 +63,13 @@ def test_every_architecture_decodes_the_tokens_of_its_own_generate(arch, tmp_pat
         theirs = loaded.generate(ids, attention_mask=torch.ones_like(ids), max_new_tokens=12, do_sample=False,
                                  pad_token_id=0)[0, ids.shape[1]:].tolist()
     assert ours.token_ids == theirs
-    assert ours.decoder == ("lean" if arch == "llama" else "hf")
+    assert ours.decoder == ("lean" if arch in ("llama", "mistral", "qwen2") else "hf")
+
+
+def test_a_sliding_window_shorter_than_the_run_goes_to_the_models_own_generate():
+    from nmq.runtime.decoder import supports
+
+    config_cls, model_cls, extra = ARCHITECTURES["mistral"]
+    model = model_cls(config_cls(**COMMON, **extra, sliding_window=16)).eval()
+    assert supports(model, 16) and not supports(model, 17)
+    assert supports(ARCHITECTURES["qwen2"][1](T.Qwen2Config(**COMMON, sliding_window=16)).eval(), 64)  # not in use

@@ -1,4 +1,4 @@
-"""A lean token-by-token decoder for LLaMA-architecture models.
+"""A lean token-by-token decoder for LLaMA-architecture models (LLaMA, Mistral, Qwen2).
 
 At batch 1 a decoder layer's own arithmetic besides the linear layers is tiny,
 and a generic implementation spends more time dispatching its many small
@@ -50,12 +50,24 @@ def _fused(module: torch.nn.Module, names: tuple[str, ...], device: str) -> Fuse
     return cached[1]
 
 
-def supports(model) -> bool:
-    """Whether :class:`LlamaDecoder` runs ``model`` exactly as its own forward does."""
+# The families whose decoder layer is LLaMA's (pre-norm, rotary q/k, SiLU-gated MLP): Mistral adds a sliding
+# window, Qwen2 biases on q/k/v (which run inside the projections' own calls).
+FAMILIES = {"llama": "LlamaForCausalLM", "mistral": "MistralForCausalLM", "qwen2": "Qwen2ForCausalLM"}
+
+
+def supports(model, max_len: int | None = None) -> bool:
+    """Whether :class:`LlamaDecoder` runs ``model`` exactly as its own forward does, over ``max_len`` positions
+    (a sliding window shorter than that would mask what the decoder attends to)."""
     config = getattr(model, "config", None)
-    if config is None or type(model).__name__ != "LlamaForCausalLM" or getattr(config, "model_type", "") != "llama":
+    family = getattr(config, "model_type", "")
+    if config is None or FAMILIES.get(family) != type(model).__name__:
         return False
     if getattr(config, "pretraining_tp", 1) != 1:
+        return False
+    window = getattr(config, "sliding_window", None)
+    if family == "qwen2" and not getattr(config, "use_sliding_window", False):
+        window = None
+    if window is not None and (max_len is None or max_len > window):
         return False
     inner = getattr(model, "model", None)
     return all(hasattr(inner, a) for a in ("embed_tokens", "layers", "norm", "rotary_emb"))
@@ -86,8 +98,9 @@ class LlamaDecoder:
     """
 
     def __init__(self, model, max_len: int, *, step_ops: str = "auto") -> None:
-        if not supports(model):
-            raise ValueError(f"LlamaDecoder runs LlamaForCausalLM models; got {type(model).__name__}")
+        if not supports(model, max_len):
+            raise ValueError(f"LlamaDecoder runs {', '.join(FAMILIES.values())} models (without a sliding window "
+                             f"shorter than {max_len}); got {type(model).__name__}")
         if step_ops not in STEP_OPS:
             raise ValueError(f"step_ops must be one of {', '.join(STEP_OPS)}; got {step_ops!r}")
         self.model = model

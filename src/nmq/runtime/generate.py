@@ -1,6 +1,6 @@
 """Text generation with timing: prefill, per-token decode latency, tokens/s.
 
-LLaMA-architecture models decode on :class:`nmq.runtime.decoder.LlamaDecoder` (a KV
+LLaMA, Mistral and Qwen2 models decode on :class:`nmq.runtime.decoder.LlamaDecoder` (a KV
 cache and only the ops the arithmetic needs), others on their own
 ``generate``; compressed layers run on the chosen backend. Tokens stream to a
 callback as they are produced.
@@ -132,7 +132,7 @@ def generate_ids(model, ids: torch.Tensor, max_new_tokens: int = 64, tokenizer=N
     sample = temperature > 0
     torch.manual_seed(seed)
     start = time.perf_counter()
-    lean = decoder == "auto" and supports(model) and ids.shape[0] == 1
+    lean = decoder == "auto" and ids.shape[0] == 1 and supports(model, ids.shape[1] + max_new_tokens)
     if lean:
         _lean_generate(model, ids, max_new_tokens, streamer, temperature, stop_at_eos)
     else:
