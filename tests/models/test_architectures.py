@@ -63,7 +63,7 @@ def test_every_architecture_decodes_the_tokens_of_its_own_generate(arch, tmp_pat
         theirs = loaded.generate(ids, attention_mask=torch.ones_like(ids), max_new_tokens=12, do_sample=False,
                                  pad_token_id=0)[0, ids.shape[1]:].tolist()
     assert ours.token_ids == theirs
-    assert ours.decoder == ("lean" if arch in ("llama", "mistral", "qwen2") else "hf")
+    assert ours.decoder == ("lean" if arch in ("llama", "mistral", "qwen2", "qwen3") else "hf")
 
 
 def test_a_sliding_window_shorter_than_the_run_goes_to_the_models_own_generate():

@@ -1,4 +1,4 @@
-"""A lean token-by-token decoder for LLaMA-architecture models (LLaMA, Mistral, Qwen2).
+"""A lean token-by-token decoder for LLaMA-architecture models (LLaMA, Mistral, Qwen2, Qwen3).
 
 At batch 1 a decoder layer's own arithmetic besides the linear layers is tiny,
 and a generic implementation spends more time dispatching its many small
@@ -52,7 +52,9 @@ def _fused(module: torch.nn.Module, names: tuple[str, ...], device: str) -> Fuse
 
 # The families whose decoder layer is LLaMA's (pre-norm, rotary q/k, SiLU-gated MLP): Mistral adds a sliding
 # window, Qwen2 biases on q/k/v (which run inside the projections' own calls).
-FAMILIES = {"llama": "LlamaForCausalLM", "mistral": "MistralForCausalLM", "qwen2": "Qwen2ForCausalLM"}
+# Qwen3 drops the biases and normalizes q and k per head before rotary.
+FAMILIES = {"llama": "LlamaForCausalLM", "mistral": "MistralForCausalLM", "qwen2": "Qwen2ForCausalLM",
+            "qwen3": "Qwen3ForCausalLM"}
 
 
 def supports(model, max_len: int | None = None) -> bool:
@@ -65,7 +67,7 @@ def supports(model, max_len: int | None = None) -> bool:
     if getattr(config, "pretraining_tp", 1) != 1:
         return False
     window = getattr(config, "sliding_window", None)
-    if family == "qwen2" and not getattr(config, "use_sliding_window", False):
+    if family in ("qwen2", "qwen3") and not getattr(config, "use_sliding_window", False):
         window = None
     if window is not None and (max_len is None or max_len > window):
         return False
@@ -127,11 +129,16 @@ class LlamaDecoder:
         with torch.no_grad():
             cos, sin = inner.rotary_emb(probe, torch.arange(max_len, device=self.device).unsqueeze(0))
         self.cos, self.sin = cos[0].contiguous(), sin[0].contiguous()  # [max_len, head_dim]
+        qk_norms = None
+        if hasattr(first, "q_norm"):
+            qk_norms = [(a.q_norm.weight, a.q_norm.variance_epsilon, a.k_norm.weight, a.k_norm.variance_epsilon)
+                        for a in (layer.self_attn for layer in self.layers)]
         self.prefill_ops: StepOps = TorchStepOps(self.k, self.v, self.cos, self.sin, heads=self.heads,
                                                  kv_heads=self.kv_heads, scale=self.scaling,
-                                                 act=self.layers[0].mlp.act_fn)
+                                                 act=self.layers[0].mlp.act_fn, qk_norms=qk_norms)
         norms = [n.weight for layer in self.layers for n in (layer.input_layernorm, layer.post_attention_layernorm)]
-        cpp = None if step_ops == "torch" else cpp_step_ops(config, self.k, self.v, self.cos, self.sin,
+        # The C++ step has no q/k norms: Qwen3 decodes on PyTorch's ops.
+        cpp = None if step_ops == "torch" or qk_norms else cpp_step_ops(config, self.k, self.v, self.cos, self.sin,
                                                              norms + [inner.norm.weight], self.scaling)
         self.decode_ops: StepOps = cpp or self.prefill_ops
         # Built at the first step, so that it binds the layers' backends as they are when decoding starts.

@@ -1,6 +1,6 @@
 """Text generation with timing: prefill, per-token decode latency, tokens/s.
 
-LLaMA, Mistral and Qwen2 models decode on :class:`nmq.runtime.decoder.LlamaDecoder` (a KV
+LLaMA, Mistral, Qwen2 and Qwen3 models decode on :class:`nmq.runtime.decoder.LlamaDecoder` (a KV
 cache and only the ops the arithmetic needs), others on their own
 ``generate``; compressed layers run on the chosen backend. Tokens stream to a
 callback as they are produced.

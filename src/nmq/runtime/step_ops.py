@@ -66,8 +66,10 @@ class TorchStepOps:
     and rotary tables ``cos``, ``sin [max_len, head_dim]``."""
 
     def __init__(self, k: torch.Tensor, v: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor, *, heads: int,
-                 kv_heads: int, scale: float, act: Callable[[torch.Tensor], torch.Tensor]) -> None:
+                 kv_heads: int, scale: float, act: Callable[[torch.Tensor], torch.Tensor],
+                 qk_norms: list[tuple[torch.Tensor, float, torch.Tensor, float]] | None = None) -> None:
         self.k, self.v, self.cos, self.sin = k, v, cos, sin
+        self.qk_norms = qk_norms  # Qwen3: per layer (q weight, eps, k weight, eps), over each head before rotary
         self.heads, self.kv_heads, self.head_dim = heads, kv_heads, k.shape[-1]
         self.scale, self.act = scale, act
         self.splits = [heads * self.head_dim, kv_heads * self.head_dim, kv_heads * self.head_dim]
@@ -103,6 +105,9 @@ class TorchStepOps:
         end = start + T
         q = q.reshape(T, self.heads, d).transpose(0, 1)
         k = k.reshape(T, self.kv_heads, d).transpose(0, 1)
+        if self.qk_norms is not None:
+            qw, qe, kw, ke = self.qk_norms[layer]
+            q, k = _rms_norm(q, qw, qe), _rms_norm(k, kw, ke)
         v = v.reshape(T, self.kv_heads, d).transpose(0, 1)
         self.k[layer, 0, :, start:end] = self._rotate(k)
         self.v[layer, 0, :, start:end] = v
