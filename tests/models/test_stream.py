@@ -60,6 +60,7 @@ def test_streamed_checkpoint_equals_the_in_memory_one(case, tmp_path, monkeypatc
 def test_what_cannot_stream_says_why(tmp_path):
     src = write_source("llama-bf16-tied-sharded", tmp_path / "src")
     assert "calibrates" in stream_blocker(src, nmq.Recipe(method="sparsegpt"))
+    assert "shares its weight" in stream_blocker(src, nmq.Recipe(ignore=()))  # a tied lm_head compressed too
     config = T.Gemma2Config(**COMMON, head_dim=32)
     T.Gemma2ForCausalLM(config).save_pretrained(str(tmp_path / "gemma"))
     assert "embed_scale" in stream_blocker(tmp_path / "gemma", nmq.Recipe())

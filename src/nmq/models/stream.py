@@ -105,6 +105,10 @@ def stream_blocker(directory: str | Path, recipe: Recipe) -> str | None:
              any(True for _ in model.get_submodule(n.rpartition(".")[0]).parameters(recurse=False))]
     if extra:
         return f"its buffer {extra[0]} is computed by the model at init (the in-memory path stores it)"
+    tied, _ = _ties(model, set(SafetensorsShards(directory).entries))
+    shared = [n for n in target_layers(model, recipe) if f"{n}.weight" in tied]
+    if shared:
+        return f"layer {shared[0]} shares its weight with {tied[shared[0] + '.weight']} (compressed in memory)"
     return None
 
 
