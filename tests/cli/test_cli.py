@@ -268,3 +268,15 @@ def test_export_prints_its_storage_and_refuses_bad_input(capsys, tmp_path):
     assert code == 0 and "4.250 bits/weight" in stdout and "written dense" in stdout
     one_line_error(*run(capsys, "export", str(ck), "-o", str(tmp_path / "ct")), ["exists", "--overwrite"])
     one_line_error(*run(capsys, "export", str(tmp_path), "-o", str(tmp_path / "ct3")), ["not an nmq checkpoint"])
+
+
+def test_resume_without_an_interrupted_run_is_one_line(capsys, tmp_path):
+    import transformers as T
+
+    config = T.LlamaConfig(vocab_size=320, hidden_size=64, intermediate_size=128, num_hidden_layers=1,
+                           num_attention_heads=4, num_key_value_heads=2)
+    T.LlamaForCausalLM(config).save_pretrained(str(tmp_path / "src"))
+    one_line_error(*run(capsys, "compress", str(tmp_path / "src"), "-o", str(tmp_path / "ck"), "--resume", "--quiet"),
+                   ["--resume", "no interrupted run"])
+    one_line_error(*run(capsys, "compress", "tiny-llama", "-o", str(tmp_path / "ck"), "--resume", "--quiet"),
+                   ["cannot be compressed streamed"])

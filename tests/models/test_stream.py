@@ -75,3 +75,32 @@ def test_the_summary_of_a_header_equals_the_validated_one(tmp_path):
     ck = nmq.save_checkpoint(nmq.compress_model(nmq.builtin_model(), nmq.Recipe(symmetric=False), progress=False),
                              tmp_path / "ck")
     assert summarize(ck, validate=False) == summarize(ck)
+
+
+def test_an_interrupted_run_resumes_to_the_same_bytes(tmp_path, monkeypatch):
+    from nmq.models import stream
+
+    src = write_source("llama-bf16-tied-sharded", tmp_path / "src")
+    recipe = nmq.Recipe(pattern="2:4", group_size=64)
+    whole = compress_streaming(src, tmp_path / "whole", recipe, progress=False)
+    calls, real = [], stream.compress_rows
+
+    def dies_at_the_fifth_layer(w, r):
+        calls.append(1)
+        if len(calls) == 5:
+            raise KeyboardInterrupt
+        return real(w, r)
+
+    monkeypatch.setattr(stream, "compress_rows", dies_at_the_fifth_layer)
+    with pytest.raises(KeyboardInterrupt):
+        compress_streaming(src, tmp_path / "ck", recipe, progress=False)
+    monkeypatch.undo()
+    assert not (tmp_path / "ck").exists() and not (tmp_path / "ck.partial" / "nmq.json").exists()
+    with pytest.raises(ModelError, match="pass --resume to continue it"):
+        compress_streaming(src, tmp_path / "ck", recipe, progress=False)
+    with pytest.raises(ModelError, match="--resume: the interrupted run has recipe"):
+        compress_streaming(src, tmp_path / "ck", nmq.Recipe(pattern="4:8", group_size=64), progress=False, resume=True)
+    out = compress_streaming(src, tmp_path / "ck", recipe, progress=False, resume=True)
+    assert not (tmp_path / "ck.partial").exists()
+    for fname in ("model.nmq.safetensors", "nmq.json", "config.json"):
+        assert (out / fname).read_bytes() == (whole / fname).read_bytes(), fname

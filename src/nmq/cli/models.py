@@ -73,6 +73,9 @@ def add_parsers(sub, common: argparse.ArgumentParser) -> None:
     p.add_argument("--overwrite", action="store_true", help="replace DIR if it exists")
     p.add_argument("--in-memory", action="store_true", help="load the whole model even where it could stream (by "
                    "default magnitude/rtn on a directory of safetensors read and compress one tensor at a time)")
+    p.add_argument("--resume", action="store_true", help="continue a streamed compression that was interrupted "
+                   "(its OUT.partial) from its last finished tensor, with the same settings: the same checkpoint, "
+                   "byte for byte, as an uninterrupted run")
     p.add_argument("--json", action="store_true", help="print the storage summary as JSON")
     p.set_defaults(func=cmd_compress)
 
@@ -146,12 +149,12 @@ def cmd_compress(args: argparse.Namespace) -> int:
             raise NMQError(f"method {recipe.method.name!r} needs a model to calibrate; a bare weight file takes magnitude or rtn "
                            "(or call nmq.compress_weight(w, method=..., inputs=X) from Python)")
         compress_weight_file(args.source, args.output, recipe, overwrite=args.overwrite)
-    elif not args.in_memory and stream_blocker(args.source, recipe) is None:
+    elif args.resume or (not args.in_memory and stream_blocker(args.source, recipe) is None):
         dense_dtype = torch.bfloat16 if args.dtype == "auto" else getattr(torch, args.dtype)
         say(f"compressing {args.source} streamed, one tensor in memory at a time; dense matrices stored as "
             f"{str(dense_dtype).removeprefix('torch.')}", chatty(args))
         compress_streaming(args.source, args.output, recipe, dtype=args.dtype, dense_dtype=dense_dtype,
-                           source=args.source, overwrite=args.overwrite, progress=not args.quiet)
+                           source=args.source, overwrite=args.overwrite, progress=not args.quiet, resume=args.resume)
     else:
         say(f"loading {args.source}", chatty(args))
         model, source_dir = load_source(args.source, progress=not args.quiet, dtype=args.dtype)

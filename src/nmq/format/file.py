@@ -17,6 +17,7 @@ and the field at fault.
 from __future__ import annotations
 
 import json
+import os
 import shutil
 import struct
 import tempfile
@@ -77,13 +78,30 @@ class TensorFileWriter:
     (['layer'], ['norm'])
     """
 
-    def __init__(self, path: str | Path) -> None:
+    def __init__(self, path: str | Path, body: str | Path | None = None, state: dict | None = None) -> None:
+        """``body``: keep the tensors' bytes in that file (kept on :meth:`abort`), so that a writer made again
+        with the :meth:`state` saved after some tensors continues from there (its later bytes are dropped)."""
         self.path = Path(path)
         self.path.parent.mkdir(parents=True, exist_ok=True)
-        self._body = tempfile.NamedTemporaryFile(prefix=f".{self.path.name}.", suffix=".body", dir=self.path.parent)
+        self._body_path = None if body is None else Path(body)
         self._table: dict[str, dict] = {}
         self._offset = 0
         self.desc: dict = {"format": FORMAT_NAME, "version": FORMAT_VERSION, "compressed": {}, "dense": {}}
+        if self._body_path is None:
+            self._body = tempfile.NamedTemporaryFile(prefix=f".{self.path.name}.", suffix=".body", dir=self.path.parent)
+        elif state is None:
+            self._body = open(self._body_path, "w+b")  # noqa: SIM115 - closed by close() or abort()
+        else:
+            self._body = open(self._body_path, "r+b")  # noqa: SIM115 - closed by close() or abort()
+            self._table, self._offset, self.desc = state["table"], state["offset"], state["desc"]
+            self._body.truncate(self._offset)
+            self._body.seek(self._offset)
+
+    def state(self) -> dict:
+        """What a writer made again over the same body needs to continue: the bytes so far are on disk."""
+        self._body.flush()
+        os.fsync(self._body.fileno())
+        return {"table": self._table, "offset": self._offset, "desc": self.desc}
 
     def add_compressed(self, name: str, t) -> None:
         entry = t.header()
@@ -122,6 +140,8 @@ class TensorFileWriter:
             out.write(head)
             shutil.copyfileobj(self._body, out, 16 << 20)
         self._body.close()
+        if self._body_path is not None:
+            self._body_path.unlink(missing_ok=True)
 
     def abort(self) -> None:
         self._body.close()

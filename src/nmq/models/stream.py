@@ -22,12 +22,14 @@ True
 from __future__ import annotations
 
 import json
+import os
+import shutil
 import struct
 from pathlib import Path
 
 import torch
 
-from ..atomic import atomic_dir
+from ..atomic import check_new_output
 from ..compress.recipe import Recipe
 from ..compress.weight import compress_with
 from ..errors import ModelError, NMQError
@@ -114,10 +116,17 @@ def stream_blocker(directory: str | Path, recipe: Recipe) -> str | None:
 
 def compress_streaming(src: str | Path, out_dir: str | Path, recipe: Recipe, *, dtype: str = "auto",
                        dense_dtype: torch.dtype | None = None, source: str | None = None, overwrite: bool = False,
-                       progress: bool = True) -> Path:
+                       progress: bool = True, resume: bool = False) -> Path:
     """Compress the Hugging Face directory ``src`` with the data-free ``recipe`` into the checkpoint ``out_dir``,
     one tensor in memory at a time (module doc). ``dtype`` is the load dtype of ``nmq compress --dtype`` (auto:
-    as stored, float16 as bfloat16, as the in-memory path loads it); ``dense_dtype`` that of the dense matrices."""
+    as stored, float16 as bfloat16, as the in-memory path loads it); ``dense_dtype`` that of the dense matrices.
+
+    The run works in ``OUT.partial`` (no ``nmq.json`` there, so nothing loads) and records after each tensor
+    what it has written; ``resume`` continues an interrupted run from its last finished tensor, with the same
+    settings, and the checkpoint is byte for byte the one an uninterrupted run writes.
+    """
+    out = Path(out_dir)
+    check_new_output(out, overwrite)
     reason = stream_blocker(src, recipe)
     if reason:
         raise ModelError(f"{src}: cannot be compressed streamed: {reason}")
@@ -130,34 +139,77 @@ def compress_streaming(src: str | Path, out_dir: str | Path, recipe: Recipe, *, 
     tied, missing = _ties(model, set(shards.entries))
     if missing:
         raise ModelError(f"{src}: the checkpoint lacks {missing[:3]}")
-    compressed: list[str] = []
-    with atomic_dir(out_dir, overwrite=overwrite) as tmp:
-        with TensorFileWriter(tmp / TENSORS_FILE) as writer:
-            for name in progress_bar(shards.names(), total=len(shards.entries), desc="compress", enabled=progress):
-                if name not in wanted:
-                    continue  # what from_pretrained drops too (rotary tables some checkpoints carry)
-                t = _as_loaded(shards.read(name), dtype)
-                if tuple(t.shape) != tuple(wanted[name].shape):
-                    raise ModelError(f"{src}: tensor {name!r} is {list(t.shape)}; the config makes it "
-                                     f"{list(wanted[name].shape)}")
-                layer = name.removesuffix(".weight")
-                if name.endswith(".weight") and layer in targets:
-                    try:
-                        writer.add_compressed(layer, compress_rows(t, recipe))
-                    except NMQError as exc:
-                        raise type(exc)(f"layer {layer}: {exc}") from None
-                    compressed.append(layer)
-                    continue
-                if dense_dtype is not None and t.dim() >= 2 and t.is_floating_point():
-                    t = t.to(dense_dtype)
-                writer.add_dense(name, t)
-        config = model.config
-        floats = [e[1] for e in shards.entries.values() if e[1].is_floating_point]
-        if floats:  # the dtype the in-memory path's model would compute in, as its config would say
-            config.dtype = _as_loaded(torch.zeros(0, dtype=floats[0]), dtype).dtype
-        config.to_json_file(str(tmp / "config.json"))
-        finish_checkpoint(tmp, recipe, source or str(src), src, sorted(compressed), tied, [])
-    return Path(out_dir)
+    settings = {"source": str(Path(src).resolve()), "recipe": recipe.to_dict(), "dtype": dtype,
+                "dense_dtype": str(dense_dtype).removeprefix("torch.")}
+    partial = out.with_name(out.name + ".partial")
+    journal = partial / "journal.json"
+    done, state = _start(partial, journal, settings, resume, overwrite)
+    writer = TensorFileWriter(partial / TENSORS_FILE, body=partial / "tensors.body", state=state)
+    try:
+        for name in progress_bar(shards.names(), total=len(shards.entries), desc="compress", enabled=progress):
+            if name not in wanted or name in done:
+                continue  # not in the model (rotary tables some checkpoints carry), or written before an interruption
+            _add(writer, name, _as_loaded(shards.read(name), dtype), wanted, targets, recipe, dense_dtype, src)
+            done.append(name)
+            record = json.dumps({"settings": settings, "done": done, "writer": writer.state()})
+            (partial / "journal.tmp").write_text(record)
+            os.replace(partial / "journal.tmp", journal)  # a kill mid-write leaves the previous journal whole
+        writer.close()
+    except NMQError:  # bad input: a rerun would fail the same way, so nothing is kept to resume
+        writer.abort()
+        shutil.rmtree(partial, ignore_errors=True)
+        raise
+    except BaseException:  # interrupted, killed, out of disk: OUT.partial stays for --resume
+        writer.abort()
+        raise
+    config = model.config
+    floats = [e[1] for e in shards.entries.values() if e[1].is_floating_point]
+    if floats:  # the dtype the in-memory path's model would compute in, as its config would say
+        config.dtype = _as_loaded(torch.zeros(0, dtype=floats[0]), dtype).dtype
+    config.to_json_file(str(partial / "config.json"))
+    finish_checkpoint(partial, recipe, source or str(src), src, sorted(writer.desc["compressed"]), tied, [])
+    journal.unlink()
+    if out.exists():
+        shutil.rmtree(out)
+    os.replace(partial, out)
+    return out
+
+
+def _start(partial: Path, journal: Path, settings: dict, resume: bool, overwrite: bool) -> tuple[list[str], dict | None]:
+    """The tensors already written and the writer's state: none for a new run, the journal's on ``resume``."""
+    if resume:
+        if not journal.is_file():
+            raise ModelError(f"--resume: {partial} holds no interrupted run to continue; run without --resume")
+        record = json.loads(journal.read_text())
+        for key, value in settings.items():
+            if record["settings"].get(key) != value:
+                raise ModelError(f"--resume: the interrupted run has {key} {record['settings'].get(key)!r}, this one "
+                                 f"{value!r}; accepted: the same settings, or a new run with --overwrite")
+        return record["done"], record["writer"]
+    if partial.exists():
+        if not overwrite:
+            raise ModelError(f"{partial} holds an interrupted run: pass --resume to continue it, or --overwrite to "
+                             "start over")
+        shutil.rmtree(partial)
+    partial.mkdir(parents=True)
+    return [], None
+
+
+def _add(writer: TensorFileWriter, name: str, t: torch.Tensor, wanted: dict, targets: set[str], recipe: Recipe,
+         dense_dtype: torch.dtype | None, src) -> None:
+    """One tensor of the source into the checkpoint: compressed if it is a target's weight, else dense."""
+    if tuple(t.shape) != tuple(wanted[name].shape):
+        raise ModelError(f"{src}: tensor {name!r} is {list(t.shape)}; the config makes it {list(wanted[name].shape)}")
+    layer = name.removesuffix(".weight")
+    if name.endswith(".weight") and layer in targets:
+        try:
+            writer.add_compressed(layer, compress_rows(t, recipe))
+        except NMQError as exc:
+            raise type(exc)(f"layer {layer}: {exc}") from None
+        return
+    if dense_dtype is not None and t.dim() >= 2 and t.is_floating_point():
+        t = t.to(dense_dtype)
+    writer.add_dense(name, t)
 
 
 # Rows compressed at a time: a data-free recipe treats rows independently, and a whole 11008 x 4096 layer's
