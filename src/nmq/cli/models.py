@@ -126,8 +126,6 @@ def add_parsers(sub, common: argparse.ArgumentParser) -> None:
 
 
 def cmd_compress(args: argparse.Namespace) -> int:
-    import torch
-
     from ..atomic import check_new_output
     from ..calibration.run import compress_model
     from ..compress.recipe import DEFAULT_IGNORE, Recipe
@@ -150,9 +148,8 @@ def cmd_compress(args: argparse.Namespace) -> int:
                            "(or call nmq.compress_weight(w, method=..., inputs=X) from Python)")
         compress_weight_file(args.source, args.output, recipe, overwrite=args.overwrite)
     elif args.resume or (not args.in_memory and stream_blocker(args.source, recipe) is None):
-        dense_dtype = torch.bfloat16 if args.dtype == "auto" else getattr(torch, args.dtype)
-        say(f"compressing {args.source} streamed, one tensor in memory at a time; dense matrices stored as "
-            f"{str(dense_dtype).removeprefix('torch.')}", chatty(args))
+        dense_dtype = dense_storage_dtype(args.dtype, chatty(args))
+        say(f"compressing {args.source} streamed, one tensor in memory at a time", chatty(args))
         compress_streaming(args.source, args.output, recipe, dtype=args.dtype, dense_dtype=dense_dtype,
                            source=args.source, overwrite=args.overwrite, progress=not args.quiet, resume=args.resume)
     else:
@@ -167,9 +164,7 @@ def cmd_compress(args: argparse.Namespace) -> int:
             tok = load_tokenizer(source_dir, model.config.vocab_size)
             tokens = calibration_tokens(cal, None if isinstance(tok, ByteTokenizer) else tok)
         compress_model(model, recipe, tokens, progress=not args.quiet)
-        dense_dtype = dense_storage_dtype(model, args.dtype)
-        say(f"dense matrices (embeddings, lm_head) stored as {str(dense_dtype).removeprefix('torch.')}"
-            + (" (--dtype float32 keeps them float32)" if dense_dtype != torch.float32 else ""), chatty(args))
+        dense_dtype = dense_storage_dtype(args.dtype, chatty(args))
         save_checkpoint(model, args.output, source_dir=source_dir, source=args.source, overwrite=args.overwrite,
                         dense_dtype=dense_dtype)
     summary = summarize(args.output, validate=False)  # just written: its header is all the table needs
@@ -181,25 +176,24 @@ def cmd_compress(args: argparse.Namespace) -> int:
     return 0
 
 
-def dense_storage_dtype(model, requested: str):
-    """The dtype of a checkpoint's dense matrices: the one asked for, else the model's, float32 stored as bfloat16.
+def dense_storage_dtype(requested: str, chatty: bool):
+    """The dtype of a checkpoint's dense matrices (embeddings, lm_head), said on stderr: the one asked for, else
+    bfloat16, what the in-memory path computes an fp16 source in and an fp32 source rounds to for storage.
 
     An fp32 embedding is most of a small compressed model's bytes (113 of 155 MB
     for a 135M-parameter model at 2:4 INT4); bfloat16 is what such models ship in.
     """
     import torch
 
-    if requested != "auto":
-        return getattr(torch, requested)
-    dtype = next(model.parameters()).dtype
-    return torch.bfloat16 if dtype == torch.float32 else dtype
+    dtype = torch.bfloat16 if requested == "auto" else getattr(torch, requested)
+    say(f"dense matrices (embeddings, lm_head) stored as {str(dtype).removeprefix('torch.')}"
+        + (" (--dtype float32 keeps them float32)" if dtype != torch.float32 else ""), chatty)
+    return dtype
 
 
 def cmd_export(args: argparse.Namespace) -> int:
-    from ..atomic import check_new_output
     from ..models.export import export_checkpoint
 
-    check_new_output(args.output, args.overwrite)
     r = export_checkpoint(args.checkpoint, args.output, args.to, overwrite=args.overwrite)
     if args.json:
         print(json.dumps(r, indent=2))

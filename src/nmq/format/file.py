@@ -54,7 +54,7 @@ def save_file(path: str | Path, compressed: dict, dense: dict[str, torch.Tensor]
 
 
 # safetensors' dtype names
-_ST_DTYPES = {torch.float64: "F64", torch.float32: "F32", torch.float16: "F16", torch.bfloat16: "BF16",
+SAFETENSORS_DTYPES = {torch.float64: "F64", torch.float32: "F32", torch.float16: "F16", torch.bfloat16: "BF16",
               torch.int64: "I64", torch.int32: "I32", torch.int16: "I16", torch.int8: "I8", torch.uint8: "U8",
               torch.bool: "BOOL"}
 
@@ -117,13 +117,13 @@ class TensorFileWriter:
         if key in self._table:
             raise FormatError(f"tensor name {key!r} is used twice in {self.path}")
         data = data.detach().to("cpu").contiguous()
-        if data.dtype not in _ST_DTYPES:
+        if data.dtype not in SAFETENSORS_DTYPES:
             raise FormatError(f"tensor {key!r}: dtype {data.dtype} cannot be stored; accepted: "
-                              f"{', '.join(str(d).removeprefix('torch.') for d in _ST_DTYPES)}")
+                              f"{', '.join(str(d).removeprefix('torch.') for d in SAFETENSORS_DTYPES)}")
         raw = data.reshape(-1).view(torch.uint8).numpy() if data.numel() else b""
         self._body.write(raw)
         end = self._offset + data.numel() * data.element_size()
-        self._table[key] = {"dtype": _ST_DTYPES[data.dtype], "shape": list(data.shape), "data_offsets": [self._offset, end]}
+        self._table[key] = {"dtype": SAFETENSORS_DTYPES[data.dtype], "shape": list(data.shape), "data_offsets": [self._offset, end]}
         self._offset = end
         return _crc(data)
 
@@ -156,8 +156,8 @@ class TensorFileWriter:
             self.abort()
 
 
-def _unshare(tensors: dict[str, torch.Tensor]) -> None:
-    """Copy tensors that share memory with an earlier one (safetensors refuses shared storage)."""
+def unshare_storage(tensors: dict[str, torch.Tensor]) -> None:
+    """Copy tensors that share memory with an earlier one (safetensors' own writer refuses shared storage)."""
     seen: set[int] = set()
     for name, data in tensors.items():
         ptr = data.untyped_storage().data_ptr()
@@ -221,16 +221,40 @@ def read_file(path: str | Path, data: bool = True) -> RawFile:
     return result
 
 
+def read_safetensors_header(path: Path) -> tuple[int, dict]:
+    """Where a safetensors file's tensor bytes start, and its header (``__metadata__`` included); the data
+    offsets are checked against the file's size, so a truncated file is one FormatError."""
+    size = path.stat().st_size
+    with open(path, "rb") as fh:
+        try:
+            (n,) = struct.unpack("<Q", fh.read(8))
+            header = json.loads(fh.read(n)) if 8 + n <= size else None
+        except (struct.error, ValueError) as exc:
+            raise FormatError(f"{path}: not a safetensors file ({_one_line(exc)})") from None
+    if not isinstance(header, dict):
+        raise FormatError(f"{path}: not a safetensors file (header length {n}, file {size} bytes)")
+    dtypes = set(SAFETENSORS_DTYPES.values())
+    for name, e in header.items():
+        if name == "__metadata__":
+            continue
+        if e["dtype"] not in dtypes:
+            raise FormatError(f"{path}: tensor {name!r} has dtype {e['dtype']}; accepted: {', '.join(sorted(dtypes))}")
+        if 8 + n + e["data_offsets"][1] > size:
+            raise FormatError(f"{path}: truncated: tensor {name!r} ends at byte {8 + n + e['data_offsets'][1]}, "
+                              f"the file has {size}")
+    return 8 + n, header
+
+
+def dtype_of(name: str) -> torch.dtype:
+    """The torch dtype of a safetensors dtype name."""
+    return next(d for d, n in SAFETENSORS_DTYPES.items() if n == name)
+
+
 def _read_header(path: Path) -> tuple[dict, dict[str, torch.Tensor]]:
     """A safetensors file's metadata and its tensors as meta tensors (shapes and dtypes, no data)."""
-    dtypes = {name: dtype for dtype, name in _ST_DTYPES.items()}
-    with open(path, "rb") as fh:
-        (n,) = struct.unpack("<Q", fh.read(8))
-        if n > path.stat().st_size:
-            raise FormatError(f"{path}: header length {n} exceeds the file")
-        header = json.loads(fh.read(n))
+    _, header = read_safetensors_header(path)
     meta = header.pop("__metadata__", None) or {}
-    return meta, {k: torch.empty(e["shape"], dtype=dtypes[e["dtype"]], device="meta") for k, e in header.items()}
+    return meta, {k: torch.empty(e["shape"], dtype=dtype_of(e["dtype"]), device="meta") for k, e in header.items()}
 
 
 def _read_description(path: Path, meta: dict) -> dict:

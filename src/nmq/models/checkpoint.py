@@ -86,9 +86,7 @@ def save_checkpoint(
     # Non-persistent buffers are outside the state dict. Those of modules without parameters (rotary tables) are
     # rebuilt from the config at load (materialize_buffers); the others (Gemma's embed_scale, beside the
     # embedding's weight) are stored, under their own names.
-    state = model.state_dict()
-    buffers = sorted(n for n, _ in model.named_buffers() if n not in state and
-                     any(True for _ in model.get_submodule(n.rpartition(".")[0]).parameters(recurse=False)))
+    buffers = stored_buffers(model)
     for name in buffers:
         dense[name] = model.get_buffer(name)
     recipe = getattr(model, "nmq_recipe", None)
@@ -97,6 +95,14 @@ def save_checkpoint(
         save_file(tmp / TENSORS_FILE, compressed, dense)
         finish_checkpoint(tmp, recipe, source, source_dir, sorted(compressed), tied, buffers)
     return Path(out_dir)
+
+
+def stored_buffers(model: torch.nn.Module) -> list[str]:
+    """The non-persistent buffers a checkpoint stores: those of modules with parameters (Gemma's embed_scale).
+    Those of modules without any (rotary tables) are rebuilt from the config at load (materialize_buffers)."""
+    state = model.state_dict()
+    return sorted(n for n, _ in model.named_buffers() if n not in state and
+                  any(True for _ in model.get_submodule(n.rpartition(".")[0]).parameters(recurse=False)))
 
 
 def finish_checkpoint(tmp: Path, recipe: Recipe | None, source: str | None, source_dir: str | Path | None,

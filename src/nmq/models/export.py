@@ -30,9 +30,10 @@ from pathlib import Path
 
 import torch
 
-from ..atomic import atomic_dir
+from ..atomic import atomic_dir, check_new_output
 from ..errors import FormatError, ModelError
 from ..format import bitpack
+from ..format.file import unshare_storage
 from ..format.load import load_file
 from ..format.tensor import NMQTensor
 from .checkpoint import RECORD_FILE, TOKENIZER_FILES, read_record
@@ -44,6 +45,7 @@ def export_checkpoint(ckpt: str | Path, out_dir: str | Path, to: str, overwrite:
     """Write the nmq checkpoint ``ckpt`` as a ``to`` model directory; returns what was written and its storage."""
     if to not in EXPORT_FORMATS:
         raise ModelError(f"export format {to!r} is unknown; accepted: {', '.join(EXPORT_FORMATS)}")
+    check_new_output(out_dir, overwrite)  # before any reading and packing
     ckpt = Path(ckpt)
     record = read_record(ckpt)
     tensors = load_file(ckpt / record["tensors"])
@@ -126,12 +128,7 @@ def _quantization_config(groups: dict[tuple, list[str]]) -> dict:
 def _save(ckpt: Path, out_dir: str | Path, state: dict[str, torch.Tensor], config: dict, overwrite: bool) -> None:
     from safetensors.torch import save_file
 
-    seen: set[int] = set()
-    for name, value in state.items():  # tied or shared storage: safetensors stores each tensor on its own
-        ptr = value.untyped_storage().data_ptr()
-        if ptr in seen:
-            state[name] = value.clone()
-        seen.add(ptr)
+    unshare_storage(state)
     with atomic_dir(out_dir, overwrite=overwrite) as tmp:
         save_file(state, str(tmp / "model.safetensors"), metadata={"format": "pt"})
         (tmp / "config.json").write_text(json.dumps(config, indent=2) + "\n")

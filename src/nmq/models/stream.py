@@ -24,7 +24,6 @@ from __future__ import annotations
 import json
 import os
 import shutil
-import struct
 from pathlib import Path
 
 import torch
@@ -32,17 +31,13 @@ import torch
 from ..atomic import check_new_output
 from ..compress.recipe import Recipe
 from ..compress.weight import compress_with
-from ..errors import ModelError, NMQError
-from ..format.file import TensorFileWriter
+from ..errors import FormatError, ModelError, NMQError
+from ..format.file import TensorFileWriter, dtype_of, read_safetensors_header
 from ..format.tensor import NMQTensor
 from ..progress import progress as progress_bar
 from ..runtime.modules import target_layers
-from .checkpoint import TENSORS_FILE, finish_checkpoint, skeleton
+from .checkpoint import TENSORS_FILE, finish_checkpoint, skeleton, stored_buffers
 from .sources import check_shards
-
-_DTYPES = {"F64": torch.float64, "F32": torch.float32, "F16": torch.float16, "BF16": torch.bfloat16,
-           "I64": torch.int64, "I32": torch.int32, "I16": torch.int16, "I8": torch.int8, "U8": torch.uint8,
-           "BOOL": torch.bool}
 
 
 class SafetensorsShards:
@@ -61,22 +56,14 @@ class SafetensorsShards:
         self.entries: dict[str, tuple[Path, torch.dtype, list[int], int, int]] = {}
         for fname in files:
             path = directory / fname
-            with open(path, "rb") as fh:
-                try:
-                    (n,) = struct.unpack("<Q", fh.read(8))
-                    header = json.loads(fh.read(n))
-                except (struct.error, ValueError) as exc:
-                    raise ModelError(f"{path}: not a safetensors file ({exc})") from None
-            size = path.stat().st_size
+            try:
+                base, header = read_safetensors_header(path)
+            except FormatError as exc:
+                raise ModelError(str(exc)) from None
             for name, e in header.items():
-                if name == "__metadata__":
-                    continue
-                start, end = e["data_offsets"]
-                if e["dtype"] not in _DTYPES:
-                    raise ModelError(f"{path}: tensor {name!r} has dtype {e['dtype']}; accepted: {', '.join(_DTYPES)}")
-                if 8 + n + end > size:
-                    raise ModelError(f"{path}: truncated: tensor {name!r} ends at byte {8 + n + end}, the file has {size}")
-                self.entries[name] = (path, _DTYPES[e["dtype"]], e["shape"], 8 + n + start, end - start)
+                if name != "__metadata__":
+                    start, end = e["data_offsets"]
+                    self.entries[name] = (path, dtype_of(e["dtype"]), e["shape"], base + start, end - start)
 
     def names(self) -> list[str]:
         return list(self.entries)
@@ -94,20 +81,25 @@ class SafetensorsShards:
 
 def stream_blocker(directory: str | Path, recipe: Recipe) -> str | None:
     """Why ``directory`` cannot be compressed streamed with ``recipe`` (None: it can)."""
-    directory = Path(directory)
+    reason = _layout_blocker(Path(directory), recipe)
+    return reason or _model_blocker(skeleton(directory), SafetensorsShards(directory), recipe)
+
+
+def _layout_blocker(directory: Path, recipe: Recipe) -> str | None:
     if recipe.needs_calibration:
         return f"method {recipe.method.name!r} calibrates on the whole model"
     if not directory.is_dir() or (directory / "nmq.json").exists() or not (directory / "config.json").is_file():
         return "the source is not a Hugging Face model directory"
     if not ((directory / "model.safetensors").is_file() or (directory / "model.safetensors.index.json").is_file()):
         return "its weights are not in safetensors files"
-    model = skeleton(directory)
-    state = model.state_dict()
-    extra = [n for n, _ in model.named_buffers() if n not in state and
-             any(True for _ in model.get_submodule(n.rpartition(".")[0]).parameters(recurse=False))]
+    return None
+
+
+def _model_blocker(model: torch.nn.Module, shards: SafetensorsShards, recipe: Recipe) -> str | None:
+    extra = stored_buffers(model)
     if extra:
         return f"its buffer {extra[0]} is computed by the model at init (the in-memory path stores it)"
-    tied, _ = _ties(model, set(SafetensorsShards(directory).entries))
+    tied, _ = _ties(model, set(shards.entries))
     shared = [n for n in target_layers(model, recipe) if f"{n}.weight" in tied]
     if shared:
         return f"layer {shared[0]} shares its weight with {tied[shared[0] + '.weight']} (compressed in memory)"
@@ -127,11 +119,11 @@ def compress_streaming(src: str | Path, out_dir: str | Path, recipe: Recipe, *, 
     """
     out = Path(out_dir)
     check_new_output(out, overwrite)
-    reason = stream_blocker(src, recipe)
+    reason = _layout_blocker(Path(src), recipe)
+    model, shards = (None, None) if reason else (skeleton(src), SafetensorsShards(src))
+    reason = reason or _model_blocker(model, shards, recipe)
     if reason:
         raise ModelError(f"{src}: cannot be compressed streamed: {reason}")
-    model = skeleton(src)
-    shards = SafetensorsShards(src)
     targets = set(target_layers(model, recipe))
     if not targets:
         raise ModelError(f"no linear layer matches targets {recipe.targets!r} outside ignore {list(recipe.ignore)}")

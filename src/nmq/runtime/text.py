@@ -60,7 +60,7 @@ class HFTokenizer:
                              "has one (an Instruct model's)")
         out = self.tok.apply_chat_template([{"role": "user", "content": message}], add_generation_prompt=True,
                                            tokenize=True)
-        return list(out["input_ids"] if isinstance(out, dict) or hasattr(out, "keys") else out)
+        return list(out["input_ids"] if hasattr(out, "keys") else out)  # a BatchEncoding in recent transformers
 
 
 def load_tokenizer(directory: str | Path | None, vocab_size: int):
