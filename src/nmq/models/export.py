@@ -81,19 +81,17 @@ def pack_quantized(t: NMQTensor) -> tuple[dict[str, torch.Tensor], int]:
     ``t``, dense, and the group size they use (-1: one per row)."""
     out, k = t.out_features, t.in_features
     zero = t.zero_codes()  # [out, groups] int32
-    column_group = torch.arange(t.padded_in) // (t.padded_in if t.group_size == -1 else t.group_size)
-    dense = zero[:, column_group].to(torch.uint8)  # dropped weights: the zero code, i.e. exactly 0
+    dense = zero[:, torch.arange(t.padded_in) // t.group].to(torch.uint8)  # dropped weights: the zero code, i.e. 0
     dense.scatter_(1, t.positions(), t.codes().to(torch.uint8))
     group = -1 if t.group_size == -1 else math.gcd(t.group_size, k)
-    if group == -1:
-        scale = t.scales.float()
-    else:
-        scale = t.scales.float().repeat_interleave(t.group_size // group, dim=1)[:, : k // group]
-    fields = {"weight_packed": _pack_int32(dense[:, :k], t.bits), "weight_scale": scale.contiguous(),
+
+    def regrouped(x: torch.Tensor) -> torch.Tensor:  # per nmq group -> per exported group (each value repeated)
+        return x if group == -1 else x.repeat_interleave(t.group_size // group, dim=1)[:, : k // group]
+
+    fields = {"weight_packed": _pack_int32(dense[:, :k], t.bits), "weight_scale": regrouped(t.scales.float()).contiguous(),
               "weight_shape": torch.tensor([out, k], dtype=torch.int64)}
     if not t.symmetric:
-        z = zero if group == -1 else zero.repeat_interleave(t.group_size // group, dim=1)[:, : k // group]
-        fields["weight_zero_point"] = _pack_int32(z.to(torch.uint8).T.contiguous(), t.bits).T.contiguous()
+        fields["weight_zero_point"] = _pack_int32(regrouped(zero).to(torch.uint8).T.contiguous(), t.bits).T.contiguous()
     return fields, group
 
 
