@@ -280,3 +280,17 @@ def test_resume_without_an_interrupted_run_is_one_line(capsys, tmp_path):
                    ["--resume", "no interrupted run"])
     one_line_error(*run(capsys, "compress", "tiny-llama", "-o", str(tmp_path / "ck"), "--resume", "--quiet"),
                    ["cannot be compressed streamed"])
+
+
+def test_a_calibrated_compression_of_a_directory_streams_block_by_block(capsys, tmp_path):
+    import nmq
+    from nmq.format.load import load_file
+
+    nmq.builtin_model().save_pretrained(str(tmp_path / "src"))  # byte-level: calibrates on the stdlib's text
+    common = ["--method", "sparsegpt", "--samples", "4", "--seq-len", "64"]
+    code, _, err = run(capsys, "compress", str(tmp_path / "src"), "-o", str(tmp_path / "streamed"), *common)
+    assert code == 0 and "streamed, one block in memory at a time" in err
+    assert run(capsys, "compress", str(tmp_path / "src"), "-o", str(tmp_path / "mem"), *common, "--in-memory",
+               "--quiet")[0] == 0
+    a, b = (load_file(tmp_path / d / "model.nmq.safetensors") for d in ("streamed", "mem"))
+    assert sorted(a.compressed) == sorted(b.compressed) and all(a.compressed[n].identical(b.compressed[n]) for n in b.compressed)

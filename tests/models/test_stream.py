@@ -57,9 +57,58 @@ def test_streamed_checkpoint_equals_the_in_memory_one(case, tmp_path, monkeypatc
                            nmq.load_model(in_memory, backend="reference")(ids).logits)
 
 
+TOKENS = torch.randint(0, 320, (6, 32), generator=torch.Generator().manual_seed(1))
+
+
+@pytest.mark.parametrize(("case", "method"), [("llama-bf16-tied-sharded", "sparsegpt"), ("qwen2-fp16-biases", "wanda"),
+                                              ("phi3-fp32-fused", "gptq")])
+def test_calibrated_streaming_block_by_block_equals_the_in_memory_run(case, method, tmp_path):
+    src = write_source(case, tmp_path / "src")
+    recipe = nmq.Recipe(pattern="4:4" if method == "gptq" else "2:4", group_size=64, method=method)
+    streamed = compress_streaming(src, tmp_path / "streamed", recipe, dense_dtype=torch.bfloat16, progress=False,
+                                  calibration=TOKENS, batch=4)
+    model, _ = load_source(str(src), progress=False)
+    in_memory = nmq.save_checkpoint(nmq.compress_model(model, recipe, TOKENS, progress=False, batch=4),
+                                    tmp_path / "mem", source_dir=src, source=str(src), dense_dtype=torch.bfloat16)
+    a, b = load_file(streamed / "model.nmq.safetensors"), load_file(in_memory / "model.nmq.safetensors")
+    assert sorted(a.compressed) == sorted(b.compressed) and len(a.compressed) >= 8
+    assert all(a.compressed[n].identical(b.compressed[n]) for n in a.compressed)
+    assert a.dense.keys() == b.dense.keys()
+    assert all(a.dense[n].dtype == b.dense[n].dtype and torch.equal(a.dense[n], b.dense[n]) for n in a.dense)
+    assert read_record(streamed) == read_record(in_memory)
+
+
+def test_a_calibrated_run_interrupted_mid_block_resumes_to_the_same_bytes(tmp_path, monkeypatch):
+    from nmq.calibration import run as calibration_run
+
+    src = write_source("llama-bf16-tied-sharded", tmp_path / "src")
+    recipe = nmq.Recipe(pattern="2:4", group_size=64, method="sparsegpt")
+    whole = compress_streaming(src, tmp_path / "whole", recipe, progress=False, calibration=TOKENS, batch=4)
+    calls, real = [], calibration_run._compress_group
+
+    def dies_in_the_second_block(*args):
+        calls.append(1)
+        if len(calls) == 6:  # block 1's second group (4 groups a block)
+            raise KeyboardInterrupt
+        return real(*args)
+
+    monkeypatch.setattr(calibration_run, "_compress_group", dies_in_the_second_block)
+    with pytest.raises(KeyboardInterrupt):
+        compress_streaming(src, tmp_path / "ck", recipe, progress=False, calibration=TOKENS, batch=4)
+    monkeypatch.undo()
+    partial = tmp_path / "ck.partial"
+    assert json.loads((partial / "journal.json").read_text())["blocks"] == 1 and not (partial / "nmq.json").exists()
+    with pytest.raises(ModelError, match="--resume: the interrupted run has calibration"):
+        compress_streaming(src, tmp_path / "ck", recipe, progress=False, calibration=TOKENS[:4], batch=4, resume=True)
+    out = compress_streaming(src, tmp_path / "ck", recipe, progress=False, calibration=TOKENS, batch=4, resume=True)
+    for fname in ("model.nmq.safetensors", "nmq.json", "config.json"):
+        assert (out / fname).read_bytes() == (whole / fname).read_bytes(), fname
+    assert sorted(p.name for p in out.iterdir()) == sorted(p.name for p in whole.iterdir())
+
+
 def test_what_cannot_stream_says_why(tmp_path):
     src = write_source("llama-bf16-tied-sharded", tmp_path / "src")
-    assert "calibrates" in stream_blocker(src, nmq.Recipe(method="sparsegpt"))
+    assert stream_blocker(src, nmq.Recipe(method="sparsegpt")) is None  # block by block
     assert "shares its weight" in stream_blocker(src, nmq.Recipe(ignore=()))  # a tied lm_head compressed too
     config = T.Gemma2Config(**COMMON, head_dim=32)
     T.Gemma2ForCausalLM(config).save_pretrained(str(tmp_path / "gemma"))

@@ -96,39 +96,52 @@ def _compress_blocks(model: torch.nn.Module, recipe: Recipe, tokens: torch.Tenso
     """The calibrated run, block by block (module doc)."""
     prefix, blocks = decoder_blocks(model)
     inputs, kwargs = first_block_inputs(model, blocks, tokens, batch)
-    start = time.perf_counter()
-    bar = _Bar(len(blocks), progress)
+    bar = BlockBar(len(blocks), progress)
     for bi, block in enumerate(blocks):
-        names = {n: m for n, m in block.named_modules()
-                 if isinstance(m, torch.nn.Linear) and recipe.selects(f"{prefix}.{bi}.{n}")}
-        compressed: dict[str, NMQLinear] = {}
-        # The block run frees each stage's activations as soon as the next stage has them (its own list).
-        run = PreNormBlock.recognize(block, names, list(inputs), kwargs) or HookedBlock(block, names, inputs, kwargs)
-        if recipe.method.compensates:
-            del inputs
-            for group, xs in run.groups():
-                bar.show(bi, group, start)
-                h = gram(xs, names[group[0]].in_features)
-                compressed.update(_compress_group({n: names[n] for n in group}, h, recipe, quantize))
-            inputs = run.outputs()
-        else:
-            # Wanda updates no weight, so, as in Wanda's reference code, every layer's statistics (diag(X^T X),
-            # all its score uses) come from one run of the block as it arrives (later layers do not see the
-            # earlier ones pruned); then the pruned block runs again for the next block's inputs. On the
-            # reference model this is 2:4 perplexity 4.48 against 4.57 with each layer seeing the pruned ones
-            # before it.
-            norms = [(group, squared_norms(xs, names[group[0]].in_features)) for group, xs in run.groups()]
-            del run
-            for group, d in norms:
-                bar.show(bi, group, start)
-                compressed.update(_compress_group({n: names[n] for n in group}, d, recipe, quantize))
-            del norms
-            inputs = HookedBlock(block, names, inputs, kwargs).outputs()
-        # Swapped only now: until the block's end, later layers run on the dequantized weights written in place.
-        for n, layer in compressed.items():
-            set_submodule(block, n, layer)
+        inputs = compress_block(block, f"{prefix}.{bi}", inputs, kwargs, recipe, quantize, bar)
     bar.close()
-    # Linear layers outside the blocks (lm_head when asked) have no captured inputs: magnitude + RTN.
+    compress_outside_blocks(model, prefix, recipe, quantize)
+
+
+@torch.no_grad()
+def compress_block(block: torch.nn.Module, name: str, inputs: list[torch.Tensor], kwargs: list[dict],
+                   recipe: Recipe, quantize: bool, bar: BlockBar) -> list[torch.Tensor]:
+    """Compress the selected layers of ``block`` (the model's ``name``) in place on its captured ``inputs``;
+    returns its outputs, the next block's inputs. The caller's ``inputs`` list is consumed."""
+    names = {n: m for n, m in block.named_modules()
+             if isinstance(m, torch.nn.Linear) and recipe.selects(f"{name}.{n}")}
+    compressed: dict[str, NMQLinear] = {}
+    # The block run frees each stage's activations as soon as the next stage has them (its own list).
+    run = PreNormBlock.recognize(block, names, list(inputs), kwargs) or HookedBlock(block, names, inputs, kwargs)
+    if recipe.method.compensates:
+        del inputs
+        for group, xs in run.groups():
+            bar.show(name, group)
+            h = gram(xs, names[group[0]].in_features)
+            compressed.update(_compress_group({n: names[n] for n in group}, h, recipe, quantize))
+        outputs = run.outputs()
+    else:
+        # Wanda updates no weight, so, as in Wanda's reference code, every layer's statistics (diag(X^T X),
+        # all its score uses) come from one run of the block as it arrives (later layers do not see the
+        # earlier ones pruned); then the pruned block runs again for the next block's inputs. On the
+        # reference model this is 2:4 perplexity 4.48 against 4.57 with each layer seeing the pruned ones
+        # before it.
+        norms = [(group, squared_norms(xs, names[group[0]].in_features)) for group, xs in run.groups()]
+        del run
+        for group, d in norms:
+            bar.show(name, group)
+            compressed.update(_compress_group({n: names[n] for n in group}, d, recipe, quantize))
+        del norms
+        outputs = HookedBlock(block, names, inputs, kwargs).outputs()
+    # Swapped only now: until the block's end, later layers run on the dequantized weights written in place.
+    for n, layer in compressed.items():
+        set_submodule(block, n, layer)
+    bar.step()
+    return outputs
+
+
+def compress_outside_blocks(model: torch.nn.Module, prefix: str, recipe: Recipe, quantize: bool) -> None:
+    """Selected linear layers outside the blocks (lm_head when asked): no captured inputs, so magnitude + RTN."""
     outside = replace(recipe, method="magnitude")
     for n in target_layers(model, recipe):
         if n.startswith(prefix + "."):
@@ -180,25 +193,26 @@ def _pruned(lin: torch.nn.Linear, recipe: Recipe, h, kp: int | None = None) -> t
     return r.weight[:, : lin.in_features]
 
 
-class _Bar:
-    def __init__(self, total: int, enabled: bool) -> None:
+class BlockBar:
+    """Progress of a calibrated run: blocks done, the group being compressed, seconds so far."""
+
+    def __init__(self, total: int, enabled: bool, done: int = 0) -> None:
         self.bar = None
+        self.start = time.perf_counter()
         if enabled:
             from tqdm import tqdm
 
-            self.bar = tqdm(total=total, desc="calibrate", unit="block", leave=False, dynamic_ncols=True)
-        self.last = -1
+            self.bar = tqdm(total=total, initial=done, desc="calibrate", unit="block", leave=False, dynamic_ncols=True)
 
-    def show(self, block: int, group: list[str], start: float) -> None:
-        if self.bar is None:
-            return
-        if block != self.last:
-            self.bar.update(block - max(self.last, 0) if self.last >= 0 else 0)
-            self.last = block
-        self.bar.set_postfix_str(f"block {block + 1}/{self.bar.total} {','.join(g.split('.')[-1] for g in group)} "
-                                 f"{time.perf_counter() - start:.0f}s")
+    def show(self, block: str, group: list[str]) -> None:
+        if self.bar is not None:
+            self.bar.set_postfix_str(f"{block} {','.join(g.split('.')[-1] for g in group)} "
+                                     f"{time.perf_counter() - self.start:.0f}s")
+
+    def step(self) -> None:
+        if self.bar is not None:
+            self.bar.update(1)
 
     def close(self) -> None:
         if self.bar is not None:
-            self.bar.update(self.bar.total - self.bar.n)
             self.bar.close()

@@ -72,10 +72,11 @@ def add_parsers(sub, common: argparse.ArgumentParser) -> None:
     p.add_argument("--compress-lm-head", action="store_true", help="compress lm_head too")
     p.add_argument("--overwrite", action="store_true", help="replace DIR if it exists")
     p.add_argument("--in-memory", action="store_true", help="load the whole model even where it could stream (by "
-                   "default magnitude/rtn on a directory of safetensors read and compress one tensor at a time)")
+                   "default a directory of safetensors is read and compressed one tensor at a time, or one decoder "
+                   "block at a time for calibrated methods)")
     p.add_argument("--resume", action="store_true", help="continue a streamed compression that was interrupted "
-                   "(its OUT.partial) from its last finished tensor, with the same settings: the same checkpoint, "
-                   "byte for byte, as an uninterrupted run")
+                   "(its OUT.partial) from its last finished tensor or block, with the same settings: the same "
+                   "checkpoint, byte for byte, as an uninterrupted run")
     p.add_argument("--json", action="store_true", help="print the storage summary as JSON")
     p.set_defaults(func=cmd_compress)
 
@@ -149,20 +150,16 @@ def cmd_compress(args: argparse.Namespace) -> int:
         compress_weight_file(args.source, args.output, recipe, overwrite=args.overwrite)
     elif args.resume or (not args.in_memory and stream_blocker(args.source, recipe) is None):
         dense_dtype = dense_storage_dtype(args.dtype, chatty(args))
-        say(f"compressing {args.source} streamed, one tensor in memory at a time", chatty(args))
+        unit = "block" if recipe.needs_calibration else "tensor"
+        say(f"compressing {args.source} streamed, one {unit} in memory at a time", chatty(args))
+        tokens = _calibration(args, args.source) if recipe.needs_calibration else None
         compress_streaming(args.source, args.output, recipe, dtype=args.dtype, dense_dtype=dense_dtype,
-                           source=args.source, overwrite=args.overwrite, progress=not args.quiet, resume=args.resume)
+                           source=args.source, overwrite=args.overwrite, progress=not args.quiet, resume=args.resume,
+                           calibration=tokens)
     else:
         say(f"loading {args.source}", chatty(args))
         model, source_dir = load_source(args.source, progress=not args.quiet, dtype=args.dtype)
-        tokens = None
-        if recipe.needs_calibration:
-            from ..calibration.data import Calibration, calibration_tokens
-            from ..runtime.text import ByteTokenizer, load_tokenizer
-
-            cal = Calibration(samples=args.samples, seq_len=args.seq_len, text=args.calibration)
-            tok = load_tokenizer(source_dir, model.config.vocab_size)
-            tokens = calibration_tokens(cal, None if isinstance(tok, ByteTokenizer) else tok)
+        tokens = _calibration(args, source_dir, model.config.vocab_size) if recipe.needs_calibration else None
         compress_model(model, recipe, tokens, progress=not args.quiet)
         dense_dtype = dense_storage_dtype(args.dtype, chatty(args))
         save_checkpoint(model, args.output, source_dir=source_dir, source=args.source, overwrite=args.overwrite,
@@ -174,6 +171,21 @@ def cmd_compress(args: argparse.Namespace) -> int:
         print(format_table(summary))
         print(f"wrote {args.output}")
     return 0
+
+
+def _calibration(args: argparse.Namespace, source_dir, vocab_size: int | None = None):
+    """The calibration token ids ``[samples, seq_len]`` of ``--calibration``/``--samples``/``--seq-len``, in the
+    tokenizer of ``source_dir`` (byte-level for nmq's built-in models)."""
+    from ..calibration.data import Calibration, calibration_tokens
+    from ..runtime.text import ByteTokenizer, load_tokenizer
+
+    if vocab_size is None:
+        from ..models.checkpoint import skeleton
+
+        vocab_size = skeleton(source_dir).config.vocab_size
+    cal = Calibration(samples=args.samples, seq_len=args.seq_len, text=args.calibration)
+    tok = load_tokenizer(source_dir, vocab_size)
+    return calibration_tokens(cal, None if isinstance(tok, ByteTokenizer) else tok)
 
 
 def dense_storage_dtype(requested: str, chatty: bool):

@@ -57,7 +57,9 @@ def load_source(src: str, progress: bool = True, dtype: str = "auto") -> tuple[t
         if progress:
             print(f"{path}: float16 weights loaded as bfloat16 (float16 matmuls are slow on CPU; "
                   "--dtype float32 keeps them exact at twice the memory)", file=sys.stderr)
-        model = model.to(torch.bfloat16)
+        # The weights only: buffers computed at init (rotary frequencies) stay as precise as a bfloat16 load makes them.
+        for param in model.parameters():
+            param.data = param.data.to(torch.bfloat16)
         model.config.dtype = torch.bfloat16  # the checkpoint's config says what it computes in
     return model.eval(), path
 

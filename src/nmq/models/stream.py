@@ -1,15 +1,22 @@
 """Compression streamed from a model's files, for models larger than memory.
 
-A data-free recipe (magnitude, rtn) on a Hugging Face directory of
-safetensors never holds the model: its tensors are read one at a time from
-the shards (plain reads at the offsets their headers give; no memory map,
-whose touched pages would count as resident for the whole run), each target
-layer's weight is compressed and written to the checkpoint's file as it
-comes (:class:`nmq.format.file.TensorFileWriter`), and the model exists only
-as a skeleton on the meta device, for its layer names and tied weights. Peak
-memory is the largest tensor and its compression's temporaries, whatever the
-model's size. The checkpoint holds what the in-memory path
-(``load_source`` + ``compress_model`` + ``save_checkpoint``) writes.
+A Hugging Face directory of safetensors is never held whole: tensors are read
+from the shards at the offsets their headers give (plain reads; no memory
+map, whose touched pages would count as resident for the whole run),
+compressed, written to the checkpoint's file as they come
+(:class:`nmq.format.file.TensorFileWriter`), and forgotten; the model exists
+as a skeleton on the meta device, for its layer names and tied weights.
+
+* A data-free recipe (magnitude, rtn) goes one tensor at a time: peak memory
+  is the largest tensor and its compression's temporaries.
+* A calibrated one (wanda, sparsegpt, gptq) goes one decoder block at a time,
+  as :mod:`nmq.calibration.run` runs it: the embeddings and the other tensors
+  outside the blocks, one block, its activations for the calibration samples
+  and one Hessian.
+
+Either way the checkpoint holds what the in-memory path (``load_source`` +
+``compress_model`` + ``save_checkpoint``) writes, and an interrupted run
+resumes from its last finished tensor or block (``resume``).
 
 >>> import nmq, tempfile
 >>> src = tempfile.mkdtemp() + "/tiny"
@@ -21,6 +28,7 @@ True
 
 from __future__ import annotations
 
+import hashlib
 import json
 import os
 import shutil
@@ -29,6 +37,13 @@ from pathlib import Path
 import torch
 
 from ..atomic import check_new_output
+from ..calibration.blocks import decoder_blocks, first_block_inputs
+from ..calibration.run import (
+    DEFAULT_BATCH,
+    BlockBar,
+    compress_block,
+    compress_outside_blocks,
+)
 from ..compress.recipe import Recipe
 from ..compress.weight import compress_with
 from ..errors import FormatError, ModelError, NMQError
@@ -36,7 +51,13 @@ from ..format.file import TensorFileWriter, dtype_of, read_safetensors_header
 from ..format.tensor import NMQTensor
 from ..progress import progress as progress_bar
 from ..runtime.modules import target_layers
-from .checkpoint import TENSORS_FILE, finish_checkpoint, skeleton, stored_buffers
+from .checkpoint import (
+    TENSORS_FILE,
+    finish_checkpoint,
+    materialize_buffers,
+    skeleton,
+    stored_buffers,
+)
 from .sources import check_shards
 
 
@@ -81,13 +102,11 @@ class SafetensorsShards:
 
 def stream_blocker(directory: str | Path, recipe: Recipe) -> str | None:
     """Why ``directory`` cannot be compressed streamed with ``recipe`` (None: it can)."""
-    reason = _layout_blocker(Path(directory), recipe)
+    reason = _layout_blocker(Path(directory))
     return reason or _model_blocker(skeleton(directory), SafetensorsShards(directory), recipe)
 
 
-def _layout_blocker(directory: Path, recipe: Recipe) -> str | None:
-    if recipe.needs_calibration:
-        return f"method {recipe.method.name!r} calibrates on the whole model"
+def _layout_blocker(directory: Path) -> str | None:
     if not directory.is_dir() or (directory / "nmq.json").exists() or not (directory / "config.json").is_file():
         return "the source is not a Hugging Face model directory"
     if not ((directory / "model.safetensors").is_file() or (directory / "model.safetensors.index.json").is_file()):
@@ -108,83 +127,194 @@ def _model_blocker(model: torch.nn.Module, shards: SafetensorsShards, recipe: Re
 
 def compress_streaming(src: str | Path, out_dir: str | Path, recipe: Recipe, *, dtype: str = "auto",
                        dense_dtype: torch.dtype | None = None, source: str | None = None, overwrite: bool = False,
-                       progress: bool = True, resume: bool = False) -> Path:
-    """Compress the Hugging Face directory ``src`` with the data-free ``recipe`` into the checkpoint ``out_dir``,
-    one tensor in memory at a time (module doc). ``dtype`` is the load dtype of ``nmq compress --dtype`` (auto:
-    as stored, float16 as bfloat16, as the in-memory path loads it); ``dense_dtype`` that of the dense matrices.
+                       progress: bool = True, resume: bool = False, calibration: torch.Tensor | None = None,
+                       batch: int = DEFAULT_BATCH) -> Path:
+    """Compress the Hugging Face directory ``src`` with ``recipe`` into the checkpoint ``out_dir`` without
+    holding the model (module doc). ``dtype`` is the load dtype of ``nmq compress --dtype`` (auto: as stored,
+    float16 as bfloat16, as the in-memory path loads it); ``dense_dtype`` that of the dense matrices. A
+    calibrated recipe takes ``calibration`` token ids ``[samples, seq_len]``, ``batch`` samples at a time.
 
     The run works in ``OUT.partial`` (no ``nmq.json`` there, so nothing loads) and records after each tensor
-    what it has written; ``resume`` continues an interrupted run from its last finished tensor, with the same
-    settings, and the checkpoint is byte for byte the one an uninterrupted run writes.
+    (each block, when calibrating) what it has written; ``resume`` continues an interrupted run from there,
+    with the same settings, and the checkpoint is byte for byte the one an uninterrupted run writes.
     """
     out = Path(out_dir)
     check_new_output(out, overwrite)
-    reason = _layout_blocker(Path(src), recipe)
+    reason = _layout_blocker(Path(src))
     model, shards = (None, None) if reason else (skeleton(src), SafetensorsShards(src))
     reason = reason or _model_blocker(model, shards, recipe)
     if reason:
         raise ModelError(f"{src}: cannot be compressed streamed: {reason}")
+    if recipe.needs_calibration and calibration is None:
+        raise ModelError(f"method {recipe.method.name!r} needs calibration token ids [samples, seq_len]")
     targets = set(target_layers(model, recipe))
     if not targets:
         raise ModelError(f"no linear layer matches targets {recipe.targets!r} outside ignore {list(recipe.ignore)}")
-    wanted = model.state_dict()
     tied, missing = _ties(model, set(shards.entries))
     if missing:
         raise ModelError(f"{src}: the checkpoint lacks {missing[:3]}")
     settings = {"source": str(Path(src).resolve()), "recipe": recipe.to_dict(), "dtype": dtype,
                 "dense_dtype": str(dense_dtype).removeprefix("torch.")}
-    partial = out.with_name(out.name + ".partial")
-    journal = partial / "journal.json"
-    done, state = _start(partial, journal, settings, resume, overwrite)
-    writer = TensorFileWriter(partial / TENSORS_FILE, body=partial / "tensors.body", state=state)
+    if recipe.needs_calibration:
+        settings["calibration"] = _digest(calibration)
+        settings["batch"] = batch
+    run = _PartialRun(out, settings, resume, overwrite)
     try:
-        for name in progress_bar(shards.names(), total=len(shards.entries), desc="compress", enabled=progress):
-            if name not in wanted or name in done:
-                continue  # not in the model (rotary tables some checkpoints carry), or written before an interruption
-            _add(writer, name, _as_loaded(shards.read(name), dtype), wanted, targets, recipe, dense_dtype, src)
-            done.append(name)
-            record = json.dumps({"settings": settings, "done": done, "writer": writer.state()})
-            (partial / "journal.tmp").write_text(record)
-            os.replace(partial / "journal.tmp", journal)  # a kill mid-write leaves the previous journal whole
-        writer.close()
+        if recipe.needs_calibration:
+            _by_block(run, model, shards, recipe, targets, calibration, batch, dtype, dense_dtype, progress, src)
+        else:
+            _by_tensor(run, model, shards, recipe, targets, dtype, dense_dtype, progress, src)
+        run.writer.close()
     except NMQError:  # bad input: a rerun would fail the same way, so nothing is kept to resume
-        writer.abort()
-        shutil.rmtree(partial, ignore_errors=True)
+        run.writer.abort()
+        shutil.rmtree(run.dir, ignore_errors=True)
         raise
     except BaseException:  # interrupted, killed, out of disk: OUT.partial stays for --resume
-        writer.abort()
+        run.writer.abort()
         raise
     config = model.config
     floats = [e[1] for e in shards.entries.values() if e[1].is_floating_point]
     if floats:  # the dtype the in-memory path's model would compute in, as its config would say
         config.dtype = _as_loaded(torch.zeros(0, dtype=floats[0]), dtype).dtype
-    config.to_json_file(str(partial / "config.json"))
-    finish_checkpoint(partial, recipe, source or str(src), src, sorted(writer.desc["compressed"]), tied, [])
-    journal.unlink()
-    if out.exists():
-        shutil.rmtree(out)
-    os.replace(partial, out)
-    return out
+    config.to_json_file(str(run.dir / "config.json"))
+    finish_checkpoint(run.dir, recipe, source or str(src), src, sorted(run.writer.desc["compressed"]), tied, [])
+    return run.finish()
 
 
-def _start(partial: Path, journal: Path, settings: dict, resume: bool, overwrite: bool) -> tuple[list[str], dict | None]:
-    """The tensors already written and the writer's state: none for a new run, the journal's on ``resume``."""
-    if resume:
-        if not journal.is_file():
-            raise ModelError(f"--resume: {partial} holds no interrupted run to continue; run without --resume")
-        record = json.loads(journal.read_text())
-        for key, value in settings.items():
-            if record["settings"].get(key) != value:
-                raise ModelError(f"--resume: the interrupted run has {key} {record['settings'].get(key)!r}, this one "
-                                 f"{value!r}; accepted: the same settings, or a new run with --overwrite")
-        return record["done"], record["writer"]
-    if partial.exists():
-        if not overwrite:
-            raise ModelError(f"{partial} holds an interrupted run: pass --resume to continue it, or --overwrite to "
-                             "start over")
-        shutil.rmtree(partial)
-    partial.mkdir(parents=True)
-    return [], None
+def _by_tensor(run: _PartialRun, model, shards: SafetensorsShards, recipe: Recipe, targets: set[str], dtype: str,
+               dense_dtype, progress: bool, src) -> None:
+    """A data-free recipe: every tensor of the shards in turn, compressed or copied, then forgotten."""
+    wanted = model.state_dict()
+    for name in progress_bar(shards.names(), total=len(shards.entries), desc="compress", enabled=progress):
+        if name not in wanted or name in run.done:
+            continue  # not in the model (rotary tables some checkpoints carry), or written before an interruption
+        _add(run.writer, name, _as_loaded(shards.read(name), dtype), wanted, targets, recipe, dense_dtype, src)
+        run.record(name)
+
+
+def _by_block(run: _PartialRun, model, shards: SafetensorsShards, recipe: Recipe, targets: set[str],
+              tokens: torch.Tensor, batch: int, dtype: str, dense_dtype, progress: bool, src) -> None:
+    """A calibrated recipe, as :mod:`nmq.calibration.run` runs it, with one decoder block in memory at a time.
+
+    The tensors outside the blocks (embeddings, final norm, lm_head) are loaded first and kept: the first
+    block's inputs come from them, and they are written last. Each block is read, compressed on its inputs,
+    written, and dropped; its outputs, the next block's inputs, are saved in the partial run with the journal,
+    so that a resumed run starts from the block after the last finished one with the same activations.
+    """
+    wanted = model.state_dict()
+    prefix, blocks = decoder_blocks(model)
+    owner = {n: _block_of(n, prefix) for n in shards.names() if n in wanted}
+    outer = {n: _as_loaded(shards.read(n), dtype) for n, b in owner.items() if b is None}
+    _fill(model, {**outer, **{n: outer[s] for n, s in _ties(model, set(shards.entries))[0].items() if s in outer}})
+    materialize_buffers(model)
+    inputs, kwargs = first_block_inputs(model, blocks, tokens, batch)
+    if run.state.get("blocks"):
+        inputs = torch.load(run.dir / run.state["activations"], weights_only=True)
+    bar = BlockBar(len(blocks), progress, done=run.state.get("blocks", 0))
+    for bi in range(run.state.get("blocks", 0), len(blocks)):
+        block = {n: _as_loaded(shards.read(n), dtype) for n, b in owner.items() if b == bi}
+        _fill(blocks[bi], {n.removeprefix(f"{prefix}.{bi}."): t for n, t in block.items()})
+        inputs = compress_block(blocks[bi], f"{prefix}.{bi}", inputs, kwargs, recipe, True, bar)
+        _write(run.writer, model, block, targets, wanted, recipe, dense_dtype, src)
+        blocks[bi] = torch.nn.Module()  # the compressed block is written; its memory goes
+        run.record(*block, blocks=bi + 1, activations=inputs)
+    bar.close()
+    compress_outside_blocks(model, prefix, recipe, True)
+    _write(run.writer, model, outer, targets, wanted, recipe, dense_dtype, src)
+
+
+def _write(writer: TensorFileWriter, model, tensors: dict[str, torch.Tensor], targets: set[str], wanted: dict,
+           recipe: Recipe, dense_dtype, src) -> None:
+    """Tensors as read from the source, after their part of the model is compressed: a target's weight as its
+    NMQLinear's compressed tensor, every other tensor (unchanged by compression) as it was read."""
+    for n, t in tensors.items():
+        layer = n.removesuffix(".weight")
+        if layer in targets and n.endswith(".weight"):
+            writer.add_compressed(layer, model.get_submodule(layer).nmq_weight)
+        else:
+            _add(writer, n, t, wanted, set(), recipe, dense_dtype, src)
+
+
+def _block_of(name: str, prefix: str) -> int | None:
+    """The decoder block a tensor belongs to (None: outside the blocks)."""
+    head, _, rest = name.partition(prefix + ".")
+    if head or not rest:
+        return None
+    index = rest.split(".")[0]
+    return int(index) if index.isdigit() else None
+
+
+def _fill(module: torch.nn.Module, tensors: dict[str, torch.Tensor]) -> None:
+    """Put ``tensors`` (by state-dict name) into ``module``, a skeleton on the meta device."""
+    module.load_state_dict(tensors, strict=False, assign=True)
+    left = [n for n, t in module.state_dict().items() if n in tensors and t.is_meta]
+    if left:
+        raise ModelError(f"cannot load {left[:3]} into the model")
+
+
+def _digest(t: torch.Tensor) -> str:
+    return hashlib.sha256(t.contiguous().numpy().tobytes()).hexdigest()[:16] + f"-{list(t.shape)}"
+
+
+class _PartialRun:
+    """A run in ``OUT.partial`` and its journal: what is written, the writer's state, the saved activations.
+
+    The journal is replaced atomically after every unit of work, so a kill at any point leaves the last
+    finished unit's journal whole, and the writer's body file is cut back to it on resume.
+    """
+
+    def __init__(self, out: Path, settings: dict, resume: bool, overwrite: bool) -> None:
+        self.out, self.settings = out, settings
+        self.dir = out.with_name(out.name + ".partial")
+        self.journal = self.dir / "journal.json"
+        self.state = self._start(resume, overwrite)
+        self.done: set[str] = set(self.state.get("done", []))
+        self._done = list(self.state.get("done", []))
+        self.writer = TensorFileWriter(self.dir / TENSORS_FILE, body=self.dir / "tensors.body",
+                                       state=self.state.get("writer"))
+
+    def record(self, *names: str, blocks: int | None = None, activations: list[torch.Tensor] | None = None) -> None:
+        self._done.extend(names)
+        self.done.update(names)
+        record = {"settings": self.settings, "done": self._done, "writer": self.writer.state()}
+        if blocks is not None:
+            fname = f"activations-{blocks}.pt"
+            torch.save(activations, self.dir / "activations.tmp")
+            os.replace(self.dir / "activations.tmp", self.dir / fname)
+            record.update(blocks=blocks, activations=fname)
+        (self.dir / "journal.tmp").write_text(json.dumps(record))
+        os.replace(self.dir / "journal.tmp", self.journal)  # a kill mid-write leaves the previous journal whole
+        if blocks is not None and blocks > 1:
+            (self.dir / f"activations-{blocks - 1}.pt").unlink(missing_ok=True)
+
+    def finish(self) -> Path:
+        self.journal.unlink()
+        for p in self.dir.glob("activations-*.pt"):
+            p.unlink()
+        if self.out.exists():
+            shutil.rmtree(self.out)
+        os.replace(self.dir, self.out)
+        return self.out
+
+    def _start(self, resume: bool, overwrite: bool) -> dict:
+        """The journal's record on ``resume``; an empty one (and a fresh directory) for a new run."""
+        if resume:
+            if not self.journal.is_file():
+                raise ModelError(f"--resume: {self.dir} holds no interrupted run to continue; run without --resume")
+            record = json.loads(self.journal.read_text())
+            for key in sorted(set(self.settings) | set(record["settings"])):
+                value, was = self.settings.get(key), record["settings"].get(key)
+                if was != value:
+                    raise ModelError(f"--resume: the interrupted run has {key} {was!r}, this one {value!r}; "
+                                     "accepted: the same settings, or a new run with --overwrite")
+            return record
+        if self.dir.exists():
+            if not overwrite:
+                raise ModelError(f"{self.dir} holds an interrupted run: pass --resume to continue it, or --overwrite "
+                                 "to start over")
+            shutil.rmtree(self.dir)
+        self.dir.mkdir(parents=True)
+        return {}
 
 
 def _add(writer: TensorFileWriter, name: str, t: torch.Tensor, wanted: dict, targets: set[str], recipe: Recipe,
