@@ -1,4 +1,5 @@
-"""An independent, bit-by-bit reading of the format in DESIGN.md section 2.
+"""An independent, bit-by-bit reading of the format in DESIGN.md section 2 (and of docs/format.md's 16-bit
+float values).
 
 Plain Python integers only, sharing no code with nmq's decoder, so a test that
 compares the two checks the format itself and not one function against itself.
@@ -6,6 +7,7 @@ compares the two checks the format itself and not one function against itself.
 
 import itertools
 import math
+import struct
 
 
 def read_codes(row_bytes, bits, count):
@@ -23,6 +25,13 @@ def unrank(rank, n, m):
         out.append(c)
         rank -= math.comb(c, i)
     return sorted(out)
+
+
+def read_float16(code, dtype):
+    """The value of a 16-bit code read as an IEEE half (float16) or as the top half of a float32 (bfloat16)."""
+    if dtype == "float16":
+        return struct.unpack("<e", code.to_bytes(2, "little"))[0]
+    return struct.unpack("<f", (code << 16).to_bytes(4, "little"))[0]
 
 
 def decode(t):
@@ -47,9 +56,15 @@ def decode(t):
             rb = math.ceil(math.log2(math.comb(m, n)))
             ranks = read_codes(t.meta[r].tolist(), rb, mgroups)
             pos = [unrank(x, n, m) for x in ranks]
+        dense = [0.0] * kp
+        if t.bits == 16:  # 16-bit float values: no scales, no zeros
+            dtype = t.header()["value_dtype"]
+            for j, (g, p) in enumerate(itertools.product(range(mgroups), range(n))):
+                dense[g * m + pos[g][p]] = read_float16(codes[j], dtype)
+            rows.append(dense[:k])
+            continue
         zeros = ([1 << (t.bits - 1)] * groups if t.symmetric
                  else read_codes(t.zeros[r].tolist(), t.bits, groups))
-        dense = [0.0] * kp
         for j, (g, p) in enumerate(itertools.product(range(mgroups), range(n))):
             col = g * m + pos[g][p]
             qg = col // group

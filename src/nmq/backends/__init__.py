@@ -5,6 +5,11 @@
 >>> y = nmq.matmul(torch.randn(3, 128), t, backend="reference", path="w4a8")
 >>> y.shape
 torch.Size([3, 16])
+
+``auto`` takes, in order, the first backend available here for the device
+that runs the weight's format: 16-bit float values (``bits=16``), which the
+CPU and Triton kernels do not decode, run on ``reference`` (or on cuSPARSELt
+when 2:4 on a GPU).
 """
 
 from __future__ import annotations
@@ -27,10 +32,11 @@ def register(backend: Backend) -> None:
     _REGISTRY[backend.name] = backend
 
 
-def get_backend(name: str = "auto", device: str = "cpu", batch: int = 1) -> Backend:
-    """The backend called ``name``, or for ``auto`` the fastest available one."""
+def get_backend(name: str = "auto", device: str = "cpu", batch: int = 1, weight: NMQTensor | None = None) -> Backend:
+    """The backend called ``name``, or for ``auto`` the fastest available one; given the ``weight`` it is for,
+    one that runs its format (``auto`` passes the others over, a named one that cannot raises BackendError)."""
     if name == "auto":
-        return _auto(device, batch)
+        return _auto(device, batch, weight)
     if name not in KNOWN_BACKENDS:
         raise BackendError(f"backend {name!r} is unknown; accepted: auto, {', '.join(KNOWN_BACKENDS)}")
     backend = _REGISTRY.get(name)
@@ -39,6 +45,8 @@ def get_backend(name: str = "auto", device: str = "cpu", batch: int = 1) -> Back
     reason = backend.unavailable_reason()
     if reason:
         raise BackendError(f"backend {name!r} is not available here: {reason}")
+    if isinstance(weight, NMQTensor):
+        backend.check_supported(weight)
     return backend
 
 
@@ -47,12 +55,15 @@ def available() -> list[str]:
     return [n for n, b in _REGISTRY.items() if b.unavailable_reason() is None]
 
 
-def _auto(device: str, batch: int) -> Backend:
+def _auto(device: str, batch: int, weight: NMQTensor | None = None) -> Backend:
     order = ("triton", "cusparselt", "reference") if device.startswith("cuda") else ("cpu", "reference")
     for name in order:
         backend = _REGISTRY.get(name)
-        if backend is not None and backend.unavailable_reason() is None and backend.device == device.split(":")[0]:
-            return backend
+        if backend is None or backend.unavailable_reason() is not None or backend.device != device.split(":")[0]:
+            continue
+        if isinstance(weight, NMQTensor) and backend.unsupported_reason(weight):
+            continue  # a format its kernels do not decode (16-bit float values): the next one in order
+        return backend
     return _REGISTRY["reference"]
 
 
@@ -63,7 +74,7 @@ def matmul(x: torch.Tensor, t: NMQTensor, backend: str = "auto", path: str = "w4
         raise BackendError(f"activations are a {type(x).__name__}; accepted: a torch tensor [..., {t.in_features}]")
     lead = x.shape[:-1]
     x2 = x.reshape(-1, x.shape[-1]) if x.dim() >= 1 else x
-    b = get_backend(backend, x.device.type, x2.shape[0] if x2.dim() == 2 else 1)
+    b = get_backend(backend, x.device.type, x2.shape[0] if x2.dim() == 2 else 1, t)
     y = b.matmul(x2, b.prepack(t), path)
     return y.reshape(*lead, t.out_features)
 

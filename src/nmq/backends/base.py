@@ -29,6 +29,18 @@ class Backend:
         """None when this backend can run here, else why it cannot."""
         return None
 
+    def unsupported_reason(self, t: NMQTensor) -> str | None:
+        """None when this backend runs weights of ``t``'s format, else why not (``auto`` passes such a backend
+        over for ``t``; only the header is read, so a header-only tensor will do)."""
+        return None
+
+    def check_supported(self, t: NMQTensor) -> None:
+        """Raise BackendError naming why this backend cannot run ``t`` and what can."""
+        reason = self.unsupported_reason(t)
+        if reason:
+            raise BackendError(f"backend {self.name!r} cannot run this weight: {reason}; backend 'reference' "
+                               "(or auto) runs it")
+
     def prepack(self, t: NMQTensor) -> Any:
         raise NotImplementedError
 

@@ -110,6 +110,11 @@ class CusparseltBackend(Backend):
             return f"2:4 sparse tensor cores need compute capability 8.0 or newer; this GPU is {major}.{minor}"
         return None
 
+    def unsupported_reason(self, t: NMQTensor) -> str | None:
+        if t.pattern != PATTERN_24:
+            return f"it runs 2:4 weights only, not {t.pattern}"
+        return None
+
     def prepack(self, t: NMQTensor) -> SemiStructuredWeight:
         t.validate()
         check_weight(t)

@@ -3,7 +3,10 @@
 It is the oracle every other backend and the RTL are checked against: short,
 obviously right, slow.
 
-* ``w4a16``: ``y = x @ dequant(W).T`` in fp32.
+* ``w4a16``: ``y = x @ dequant(W).T`` in fp32. A weight of 16-bit float values
+  (bits 16) is prepacked as its dense form in that dtype (exact): the backend
+  ``auto`` runs such weights on, where decoding the format at every call
+  would cost more than the matmul.
 * ``w4a8``: activations quantized per (token, group) to int8
   (:func:`nmq.compress.quant.quantize_activations`); for every (token, row, group) the
   partial sum ``P = sum((c_w - z) * q_x)`` exact in int32 (:func:`partial_sums`);
@@ -13,28 +16,56 @@ obviously right, slow.
 
 from __future__ import annotations
 
+from dataclasses import dataclass
+
 import torch
 
 from ..compress.quant import quantize_activations
 from ..errors import BackendError
+from ..format.spec import dtype_name
 from ..format.tensor import NMQTensor
 from .base import Backend, check_input, check_path
 
 INT32_MAX = 2**31 - 1
 
 
+@dataclass(eq=False)
+class DenseValues:
+    """A weight of 16-bit float values, prepacked: ``dense [out, in]`` in the values' dtype."""
+
+    source: NMQTensor
+    dense: torch.Tensor
+
+    @property
+    def shape(self) -> tuple[int, int]:
+        return self.source.shape
+
+    @property
+    def in_features(self) -> int:
+        return self.source.in_features
+
+    @property
+    def out_features(self) -> int:
+        return self.source.out_features
+
+
 class ReferenceBackend(Backend):
     name = "reference"
 
-    def prepack(self, t: NMQTensor) -> NMQTensor:
-        return t.validate()
+    def prepack(self, t: NMQTensor) -> NMQTensor | DenseValues:
+        t.validate()
+        return DenseValues(t, t.to_dense(t.value_dtype)) if t.is_float else t
 
-    def matmul(self, x: torch.Tensor, packed: NMQTensor, path: str = "w4a16") -> torch.Tensor:
+    def matmul(self, x: torch.Tensor, packed: NMQTensor | DenseValues, path: str = "w4a16") -> torch.Tensor:
         check_path(path)
         x = check_input(x, packed)
         if path == "w4a16":
-            return x @ packed.to_dense().T
-        return w4a8_matmul(x, packed)
+            return x @ (packed.dense.float() if isinstance(packed, DenseValues) else packed.to_dense()).T
+        t = packed.source if isinstance(packed, DenseValues) else packed
+        if t.is_float:
+            raise BackendError("the w4a8 path multiplies integer weight codes; this weight holds 16-bit float "
+                               f"values ({dtype_name(t.value_dtype)}); accepted: path w4a16")
+        return w4a8_matmul(x, t)
 
 
 def integer_weight(t: NMQTensor) -> torch.Tensor:

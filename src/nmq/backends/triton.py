@@ -21,6 +21,7 @@ import os
 import torch
 
 from ..errors import BackendError
+from ..format.spec import SUPPORTED_BITS, dtype_name
 from ..format.tensor import NMQTensor
 from .base import Backend, check_input, check_path
 
@@ -50,11 +51,16 @@ class TritonBackend(Backend):
 
         return launch
 
+    def unsupported_reason(self, t: NMQTensor) -> str | None:
+        # The kernels decode every integer width of the format (launch.SUPPORTED_BITS, which needs triton).
+        if t.bits not in SUPPORTED_BITS:
+            what = f"16-bit float values ({dtype_name(t.value_dtype)})" if t.is_float else f"{t.bits}-bit codes"
+            return f"its kernels decode {', '.join(map(str, SUPPORTED_BITS))}-bit integer codes, not {what}"
+        return None
+
     def prepack(self, t: NMQTensor):
         launch = self._kernels()
-        if t.bits not in launch.SUPPORTED_BITS:
-            accepted = ", ".join(map(str, launch.SUPPORTED_BITS))
-            raise BackendError(f"backend 'triton' cannot run {t.bits}-bit codes; accepted: {accepted}")
+        self.check_supported(t)
         device = "cpu" if launch.INTERPRET or not torch.cuda.is_available() else "cuda"
         return launch.pack_weight(t, device)
 

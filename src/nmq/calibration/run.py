@@ -27,9 +27,9 @@ from dataclasses import replace
 
 import torch
 
-from ..compress.methods import compress_layer
+from ..compress.methods import LayerResult, compress_layer
 from ..compress.recipe import Recipe
-from ..compress.weight import compress_padded, compress_with
+from ..compress.weight import compress_padded, compress_with, from_mask
 from ..errors import ModelError, NMQError
 from ..format.tensor import padded_k
 from ..progress import progress as progress_bar
@@ -53,7 +53,9 @@ def compress_model(model: torch.nn.Module, recipe: Recipe | dict | None = None,
     standard library's source, for byte-level models), ``batch`` samples at a
     time (default: the Calibration's, else 8). With ``quantize=False`` the
     layers are only pruned (with the method's updates) and stay ``nn.Linear``
-    with float values: the pruning-only rows of the accuracy table.
+    with float values: the pruning-only rows of the accuracy table. A
+    ``bits=16`` recipe prunes the same way and makes the layers NMQLinear
+    holding the pruned values as 16-bit floats (what a checkpoint stores).
 
     >>> import nmq
     >>> model = nmq.builtin_model()
@@ -158,19 +160,27 @@ def _compress_group(layers: dict[str, torch.nn.Linear], h: torch.Tensor, recipe:
     """Compress layers sharing one input with their Hessian ``h`` (or its diagonal, for Wanda).
 
     Each layer's weight is overwritten with what the compressed layer computes, so the layers after it see its
-    output; the NMQLinear layers (none when not quantizing) are returned for the caller to swap in.
+    output; the NMQLinear layers (none when not quantizing) are returned for the caller to swap in. A bits-16
+    recipe (``recipe.quant`` None) prunes as ``quantize=False`` does, and its layers store the pruned weight.
     """
     spec = recipe.quant if quantize else None
     kp = padded_k(h.shape[0], recipe.pattern, recipe.group_size)
     h = recipe.method.prepare(padded_hessian(h, kp), recipe.pattern, spec, recipe.damp, recipe.act_order)
     out = {}
     for n, lin in layers.items():
-        if quantize:
+        if spec is not None:
             t = compress_padded(_padded_weight(lin, kp), lin.in_features, recipe, h)
             lin.weight.data = t.to_dense(lin.weight.dtype)
             out[n] = NMQLinear(t, lin.bias)
-        else:
-            lin.weight.data = _pruned(lin, recipe, h, kp).to(lin.weight.dtype)
+            continue
+        r = _prune(lin, recipe, h, kp)
+        lin.weight.data = r.weight[:, : lin.in_features].to(lin.weight.dtype)
+        if quantize:
+            # The values as the weight holds them now (its dtype's rounding), so the stored layer is this model's.
+            weight = torch.nn.functional.pad(lin.weight.data, (0, kp - lin.in_features)).float()
+            t = from_mask(weight, r.keep, recipe.pattern, None, recipe.metadata, lin.in_features,
+                          source_dtype=lin.weight.dtype)
+            out[n] = NMQLinear(t, lin.bias)
     return out
 
 
@@ -188,9 +198,13 @@ def _padded_weight(lin: torch.nn.Linear, kp: int) -> torch.Tensor:
 
 def _pruned(lin: torch.nn.Linear, recipe: Recipe, h, kp: int | None = None) -> torch.Tensor:
     """``lin``'s weight pruned by the recipe's method (its float values kept, or updated by OBS)."""
+    return _prune(lin, recipe, h, kp).weight[:, : lin.in_features]
+
+
+def _prune(lin: torch.nn.Linear, recipe: Recipe, h, kp: int | None = None) -> LayerResult:
+    """:func:`_pruned`'s result, padded, with its keep mask."""
     kp = kp or padded_k(lin.in_features, recipe.pattern, recipe.group_size)
-    r = compress_layer(_padded_weight(lin, kp), recipe.pattern, None, recipe.method, h, damp=recipe.damp)
-    return r.weight[:, : lin.in_features]
+    return compress_layer(_padded_weight(lin, kp), recipe.pattern, None, recipe.method, h, damp=recipe.damp)
 
 
 class BlockBar:

@@ -33,6 +33,7 @@ EXAMPLES = {
         examples:
           nmq export ckpt/tiny-2of4 -o export/tiny-ct --to compressed-tensors
           nmq export ckpt/smollm2-2of4 -o export/smollm2-ct --to compressed-tensors --json
+          nmq export ckpt/smollm2-2of4 -o export/smollm2.gguf --to gguf
     """,
     "generate": """
         examples:
@@ -51,7 +52,9 @@ def add_parsers(sub, common: argparse.ArgumentParser) -> None:
     p.add_argument("-o", "--output", required=True, metavar="OUT",
                    help="checkpoint directory to write (a .safetensors file for a bare weight file)")
     p.add_argument("--pattern", default="2:4", help="N:M sparsity along K, 1 <= N <= M <= 16; N == M is dense (default 2:4)")
-    p.add_argument("--bits", type=int, default=4, help="weight code width: 2, 3, 4 or 8 (default 4)")
+    p.add_argument("--bits", type=int, default=4, help="weight code width: 2, 3, 4 or 8 (default 4); 16: prune only, "
+                   "kept values stored as 16-bit floats (bfloat16 for a bfloat16 model, else float16; with magnitude, "
+                   "wanda or sparsegpt; no group size)")
     p.add_argument("--group-size", type=int, default=128, help="quantization group along K, a multiple of M, or -1 per row (default 128)")
     p.add_argument("--asymmetric", action="store_true", help="per-group zero points (default symmetric)")
     p.add_argument("--metadata", default="rank", choices=["rank", "index"], help="N:M metadata encoding (default rank, the compact one)")
@@ -101,11 +104,14 @@ def add_parsers(sub, common: argparse.ArgumentParser) -> None:
     p.set_defaults(func=cmd_eval)
 
     p = command(sub, common, "export", "Write an nmq checkpoint for an engine without N:M support (compressed-tensors: "
-                "what vLLM serves as W4A16); sparse layers are written dense, every value kept.", EXAMPLES["export"])
+                "what vLLM serves as W4A16; gguf: what llama.cpp runs); sparse layers are written dense, every value "
+                "kept.", EXAMPLES["export"])
     p.add_argument("checkpoint", metavar="CKPT", help="an nmq checkpoint directory (made by 'nmq compress')")
-    p.add_argument("-o", "--output", required=True, metavar="OUT", help="the model directory to write")
-    p.add_argument("--to", default="compressed-tensors", choices=["compressed-tensors"],
-                   help="format (default compressed-tensors: pack-quantized safetensors and its quantization_config)")
+    p.add_argument("-o", "--output", required=True, metavar="OUT",
+                   help="the model directory to write (gguf: the .gguf file)")
+    p.add_argument("--to", default="compressed-tensors", choices=["compressed-tensors", "gguf"],
+                   help="format (default compressed-tensors: pack-quantized safetensors and its quantization_config; "
+                   "gguf: one file, layers as exact Q4_0/Q8_0 blocks, LLaMA, Mistral, Qwen2 and Qwen3 models)")
     p.add_argument("--overwrite", action="store_true", help="replace OUT if it exists")
     p.add_argument("--json", action="store_true", help='print {"format", "layers", "bits_per_weight", ...}')
     p.set_defaults(func=cmd_export)
@@ -129,10 +135,10 @@ def add_parsers(sub, common: argparse.ArgumentParser) -> None:
 def cmd_compress(args: argparse.Namespace) -> int:
     from ..atomic import check_new_output
     from ..calibration.run import compress_model
+    from ..calibration.stream import compress_streaming, stream_blocker
     from ..compress.recipe import DEFAULT_IGNORE, Recipe
     from ..models.checkpoint import save_checkpoint
     from ..models.sources import load_source
-    from ..models.stream import compress_streaming, stream_blocker
     from ..models.summary import format_table, summarize
     from ..models.weight_file import compress_weight_file, is_weight_file
 
@@ -209,11 +215,18 @@ def cmd_export(args: argparse.Namespace) -> int:
     r = export_checkpoint(args.checkpoint, args.output, args.to, overwrite=args.overwrite)
     if args.json:
         print(json.dumps(r, indent=2))
-    else:
-        lost = r["sparse_weights_densified"]
-        print(f"wrote {args.output}: {args.to} ({r['format']}), {r['layers']} layers at {r['bits_per_weight']:.3f} "
-              f"bits/weight ({', '.join(f'{n} {k}' for k, n in r['groups'].items())})"
-              + (f"; {lost:,} weights of N:M layers written dense (the engine cannot skip them)" if lost else ""))
+        return 0
+    lost = r["sparse_weights_densified"]
+    if r["format"] == "gguf":
+        requantized = r["requantized"]
+        print(f"wrote {args.output}: gguf ({r['architecture']}, {r['bytes'] / 2**20:.1f} MiB), {r['layers']} layers at "
+              f"{r['bits_per_weight']:.3f} bits/weight ({', '.join(f'{n} {k}' for k, n in r['types'].items())})"
+              + (f"; {len(requantized)} requantized to Q8_0, not exact (first: {requantized[0]})" if requantized else "")
+              + (f"; {lost:,} weights of N:M layers written dense (llama.cpp cannot skip them)" if lost else ""))
+        return 0
+    print(f"wrote {args.output}: {args.to} ({r['format']}), {r['layers']} layers at {r['bits_per_weight']:.3f} "
+          f"bits/weight ({', '.join(f'{n} {k}' for k, n in r['groups'].items())})"
+          + (f"; {lost:,} weights of N:M layers written dense (the engine cannot skip them)" if lost else ""))
     return 0
 
 

@@ -11,6 +11,10 @@ For a dense pattern (N == M) the mask keeps everything, so ``gptq`` is plain
 GPTQ and ``rtn`` plain round-to-nearest. A method keeps the name it was asked
 by (``rtn`` stays ``rtn`` in a recipe record).
 
+Without quantization (``bits=16``, or ``spec`` None below) only the mask
+(and SparseGPT's OBS updates of the kept weights) apply; a recipe takes the
+names of a pruning rule alone there (:func:`prune_only_names`).
+
 >>> get_method("wanda+gptq")
 WandaGptq(name='wanda+gptq', prune='wanda', quant='gptq')
 >>> get_method("sparsegpt").needs_calibration, get_method("rtn").needs_calibration
@@ -58,6 +62,12 @@ class Method:
         """Whether kept weights are updated to absorb the error of earlier columns (the OBS methods)."""
         return False
 
+    @property
+    def prunes_only(self) -> bool:
+        """Whether the name asks for a pruning rule alone, no quantizer (magnitude, wanda, sparsegpt): what a
+        recipe without quantization (bits 16) takes."""
+        return self.name == self.prune
+
     def prepare(self, hessian, pattern: Pattern, spec: QuantSpec | None, damp: float, act_order: bool):
         """The Hessian in the form this method uses (inverted once for the OBS methods, shared by a group's layers)."""
         return hessian
@@ -80,6 +90,11 @@ def register(*names: str):
 
 def method_names() -> tuple[str, ...]:
     return tuple(_REGISTRY)
+
+
+def prune_only_names() -> tuple[str, ...]:
+    """The methods that prune without quantizing (:attr:`Method.prunes_only`)."""
+    return tuple(n for n in _REGISTRY if get_method(n).prunes_only)
 
 
 def get_method(name: str | Method) -> Method:

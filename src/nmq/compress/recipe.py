@@ -7,6 +7,9 @@
 (Pattern(n=4, m=8), QuantSpec(bits=4, group_size=64, symmetric=True), 'magnitude')
 >>> Recipe.from_dict(r.to_dict()) == r
 True
+>>> p = Recipe(bits=16, method="sparsegpt")    # prune only: the kept values stay 16-bit floats
+>>> p.quant, p.group_size
+(None, -1)
 """
 
 from __future__ import annotations
@@ -14,11 +17,11 @@ from __future__ import annotations
 import re
 from dataclasses import dataclass, field, fields
 
-from ..errors import NMQError, RecipeError
+from ..errors import NMQError, QuantError, RecipeError
 from ..format.pattern import Pattern, check_encoding
-from ..format.spec import QuantSpec
+from ..format.spec import FLOAT_BITS, SUPPORTED_BITS, QuantSpec
 from ..format.tensor import check_group
-from .methods import Method, get_method
+from .methods import Method, get_method, prune_only_names
 
 DEFAULT_IGNORE = (r"(^|\.)lm_head$",)
 
@@ -32,6 +35,10 @@ class Recipe:
     ``pattern`` and ``method`` may be given as names; they are held parsed
     (a :class:`Pattern`, a registered :class:`Method`), and ``quant`` is the
     :class:`QuantSpec` of ``bits``, ``group_size`` and ``symmetric``.
+
+    ``bits=16`` prunes only: ``quant`` is None, the kept values are stored as
+    16-bit floats, ``group_size`` is held as -1 (whatever was given: there is
+    nothing to group) and the method must be a pruning rule alone.
     """
 
     pattern: Pattern = "2:4"
@@ -44,15 +51,24 @@ class Recipe:
     act_order: bool = False
     targets: str = r".*"
     ignore: tuple[str, ...] = field(default=DEFAULT_IGNORE)
-    quant: QuantSpec = field(init=False, repr=False, compare=False)
+    quant: QuantSpec | None = field(init=False, repr=False, compare=False)
 
     def __post_init__(self) -> None:
         try:
             pattern = Pattern.parse(self.pattern)
-            quant = QuantSpec(self.bits, self.group_size, self.symmetric)
+            method = get_method(self.method)
+            if self.bits == FLOAT_BITS:
+                quant = None
+                _check_prune_only(method, self.symmetric)
+                object.__setattr__(self, "group_size", -1)
+            elif self.bits not in SUPPORTED_BITS:
+                raise QuantError(f"bits={self.bits} is not supported; accepted: "
+                                 f"{', '.join(map(str, SUPPORTED_BITS))} (integer codes) or {FLOAT_BITS} (prune only, "
+                                 "kept values stored as 16-bit floats)")
+            else:
+                quant = QuantSpec(self.bits, self.group_size, self.symmetric)
             check_group(pattern, self.group_size)
             check_encoding(self.metadata)
-            method = get_method(self.method)
         except NMQError as exc:
             raise type(exc)(f"recipe: {exc}") from None
         object.__setattr__(self, "pattern", pattern)
@@ -90,3 +106,12 @@ class Recipe:
     @property
     def needs_calibration(self) -> bool:
         return self.method.needs_calibration
+
+
+def _check_prune_only(method: Method, symmetric: bool) -> None:
+    if not method.prunes_only:
+        raise RecipeError(f"method {method.name!r} quantizes, and bits {FLOAT_BITS} does not; accepted with bits "
+                          f"{FLOAT_BITS}: {', '.join(prune_only_names())}")
+    if not symmetric:
+        raise QuantError(f"bits {FLOAT_BITS} stores 16-bit float values, which have no zero points; accepted: "
+                         "symmetric (the default)")

@@ -35,6 +35,8 @@ def pack(codes: torch.Tensor, bits: int) -> torch.Tensor:
     codes = codes.to(torch.int32)
     if bits == 8:
         return codes.to(torch.uint8).contiguous()
+    if bits == 16:  # the bit stream is the codes' little-endian bytes; the general path's temporaries are 64x
+        return torch.stack((codes & 0xFF, codes >> 8), dim=-1).reshape(rows, nbytes).to(torch.uint8)
     if bits in (1, 2, 4) and count * bits % 8 == 0:
         per = 8 // bits
         c = codes.reshape(rows, nbytes, per)
@@ -64,6 +66,9 @@ def unpack(packed: torch.Tensor, bits: int, count: int, dtype: torch.dtype = tor
     rows = data.shape[0]
     if bits == 8:
         return torch.from_numpy(data[:, :count].astype(wanted))
+    if bits == 16:
+        low, high = data[:, 0 : 2 * count : 2].astype(np.int32), data[:, 1 : 2 * count : 2].astype(np.int32)
+        return torch.from_numpy((low | (high << 8)).astype(wanted, copy=False))
     if bits in (1, 2, 4) and count * bits % 8 == 0:
         per, mask = 8 // bits, (1 << bits) - 1
         out = np.empty(data.shape + (per,), np.uint8)

@@ -9,6 +9,9 @@ their own name). The header's ``nmq`` entry is JSON::
                            metadata, padded_in, "crc32": {field: crc}}},
      "dense": {NAME: {"crc32": crc}}}
 
+(a tensor of 16-bit float values, ``bits`` 16, adds ``value_dtype``; the
+field is optional, so files written before it existed read as they did)
+
 and ``nmq_crc32`` is the CRC-32 of that JSON text, so a flipped bit anywhere
 in the file (header or data) is caught on load and reported with the file
 and the field at fault.

@@ -11,6 +11,11 @@ whole M-groups); the original K is kept in ``shape``. Fields:
 * ``scales``  fp16 ``[out, groups]``;
 * ``zeros``   uint8 ``[out, ...]``: asymmetric zero codes, packed like values.
 
+With ``bits == 16`` the kept values are not quantized: ``values`` holds their
+16-bit float bit patterns (``value_dtype``, float16 or bfloat16) packed as
+16-bit codes, there is one group per row, no zeros, and ``scales`` is
+``[out, 0]`` (a pruned-only weight).
+
 Build one with :func:`nmq.compress_weight`; this module only knows the layout.
 
 >>> import torch, nmq
@@ -26,7 +31,7 @@ True
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 
 import torch
@@ -35,7 +40,14 @@ from ..errors import FormatError, QuantError
 from . import bitpack
 from .file import save_file
 from .pattern import Pattern, check_encoding
-from .spec import QuantSpec, dequantize_groups
+from .spec import (
+    FLOAT_BITS,
+    VALUE_DTYPES,
+    QuantSpec,
+    decode_floats,
+    dequantize_groups,
+    dtype_name,
+)
 from .storage import Storage
 
 
@@ -53,6 +65,14 @@ class NMQTensor:
     meta: torch.Tensor
     scales: torch.Tensor
     zeros: torch.Tensor | None = None
+    value_dtype: torch.dtype | None = None  # bits 16 only: the 16-bit float type of the kept values
+
+    def __post_init__(self) -> None:
+        # Checked at construction, not only by validate(): a tensor rebuilt from another's fields that drops
+        # value_dtype would decode float bit patterns as integer codes.
+        if (self.bits == FLOAT_BITS) != (self.value_dtype is not None):
+            raise FormatError(f"NMQTensor: bits={self.bits} with value_dtype={self.value_dtype}; accepted: bits "
+                              f"{FLOAT_BITS} with value_dtype {' or '.join(VALUE_DTYPES)}, other bits without one")
 
     # -- geometry -----------------------------------------------------------
 
@@ -76,8 +96,13 @@ class NMQTensor:
 
     @property
     def groups(self) -> int:
-        """Quantization groups per row."""
-        return self.padded_in // self.group
+        """Quantization groups per row (none for float values)."""
+        return 0 if self.is_float else self.padded_in // self.group
+
+    @property
+    def is_float(self) -> bool:
+        """Whether the kept values are 16-bit floats (``bits == 16``) rather than integer codes."""
+        return self.value_dtype is not None
 
     @property
     def kept_per_row(self) -> int:
@@ -85,9 +110,18 @@ class NMQTensor:
 
     @property
     def quant_spec(self) -> QuantSpec:
+        self._integer_only("quant_spec")
         return QuantSpec(self.bits, self.group_size, self.symmetric)
 
+    def _integer_only(self, what: str) -> None:
+        if self.is_float:
+            raise FormatError(f"{what}: this tensor holds {dtype_name(self.value_dtype)} values, not integer codes; "
+                              "accepted: dequantized_values() or to_dense()")
+
     def __repr__(self) -> str:
+        if self.is_float:
+            return (f"NMQTensor(shape={tuple(self.shape)}, pattern={self.pattern}, bits={self.bits}, "
+                    f"value_dtype={dtype_name(self.value_dtype)}, metadata={self.metadata})")
         sym = "symmetric" if self.symmetric else "asymmetric"
         return (
             f"NMQTensor(shape={tuple(self.shape)}, pattern={self.pattern}, bits={self.bits}, "
@@ -97,11 +131,13 @@ class NMQTensor:
     # -- decoding -----------------------------------------------------------
 
     def codes(self) -> torch.Tensor:
-        """int32 codes of the kept weights ``[out, kept_per_row]``."""
+        """int32 codes of the kept weights ``[out, kept_per_row]`` (integer tensors only)."""
+        self._integer_only("codes()")
         return bitpack.unpack(self.values, self.bits, self.kept_per_row)
 
     def zero_codes(self) -> torch.Tensor:
-        """int32 zero code of every group ``[out, groups]`` (``2**(bits-1)`` if symmetric)."""
+        """int32 zero code of every group ``[out, groups]`` (``2**(bits-1)`` if symmetric; integer tensors only)."""
+        self._integer_only("zero_codes()")
         if self.zeros is None:
             return torch.full((self.out_features, self.groups), 1 << (self.bits - 1), dtype=torch.int32)
         return bitpack.unpack(self.zeros, self.bits, self.groups)
@@ -126,6 +162,8 @@ class NMQTensor:
 
     def dequantized_values(self) -> torch.Tensor:
         """fp32 value of every kept weight ``[out, kept_per_row]``."""
+        if self.is_float:
+            return decode_floats(bitpack.unpack(self.values, self.bits, self.kept_per_row), self.value_dtype)
         out, groups = self.out_features, self.groups
         codes = self.codes().reshape(out, groups, -1)
         zeros = None if self.zeros is None else self.zero_codes()
@@ -144,9 +182,7 @@ class NMQTensor:
         check_encoding(encoding)
         if encoding == self.metadata:
             return self
-        meta = encode_meta(self.group_positions(), self.pattern, encoding)
-        return NMQTensor(self.shape, self.pattern, self.bits, self.group_size, self.symmetric,
-                         encoding, self.values, meta, self.scales, self.zeros)
+        return replace(self, metadata=encoding, meta=encode_meta(self.group_positions(), self.pattern, encoding))
 
     def storage(self) -> Storage:
         """Every stored bit, by field; padding is what exists only because of padding."""
@@ -159,7 +195,8 @@ class NMQTensor:
             "zeros": 0 if self.zeros is None else out * self.groups * self.bits,
         }
         stored = self.nbytes * 8
-        fields = {name: bits for name, bits in useful.items() if bits or name in ("values", "scales")}
+        shown = ("values",) if self.is_float else ("values", "scales")
+        fields = {name: bits for name, bits in useful.items() if bits or name in shown}
         fields["padding"] = stored - sum(useful.values())
         return Storage(weights=out * k, fields=fields)
 
@@ -176,8 +213,9 @@ class NMQTensor:
         return out
 
     def header(self) -> dict:
-        """The JSON description stored beside the fields on disk."""
-        return {
+        """The JSON description stored beside the fields on disk (``value_dtype`` only for float values, so
+        integer tensors are described as format 1 always described them)."""
+        header = {
             "shape": list(self.shape),
             "pattern": str(self.pattern),
             "bits": self.bits,
@@ -186,6 +224,9 @@ class NMQTensor:
             "metadata": self.metadata,
             "padded_in": self.padded_in,
         }
+        if self.is_float:
+            header["value_dtype"] = dtype_name(self.value_dtype)
+        return header
 
     def save(self, path: str | Path) -> None:
         """Write this tensor to a safetensors file, atomically."""
@@ -207,6 +248,12 @@ class NMQTensor:
         for key in ("bits", "group_size"):
             if not isinstance(entry[key], int) or isinstance(entry[key], bool):
                 raise FormatError(f"{where}: header field '{key}' is {entry[key]!r}; expected an integer")
+        value_dtype = entry.get("value_dtype")
+        if (entry["bits"] == FLOAT_BITS) != (value_dtype is not None) or (
+                value_dtype is not None and value_dtype not in VALUE_DTYPES):
+            expected = " or ".join(map(repr, VALUE_DTYPES)) if entry["bits"] == FLOAT_BITS else "absent"
+            raise FormatError(f"{where}: header field 'value_dtype' is {value_dtype!r} with bits {entry['bits']}; "
+                              f"expected {expected}")
         t = cls(
             shape=(shape[0], shape[1]),
             pattern=pattern,
@@ -218,6 +265,7 @@ class NMQTensor:
             meta=parts["meta"],
             scales=parts["scales"],
             zeros=parts.get("zeros"),
+            value_dtype=None if value_dtype is None else VALUE_DTYPES[value_dtype],
         )
         if check_fields:
             t.validate(where)
@@ -255,15 +303,16 @@ class NMQTensor:
 
     def _fields_key(self) -> tuple:
         fields = (self.values, self.meta, self.scales, self.zeros)
-        header = (tuple(self.shape), self.pattern, self.bits, self.group_size, self.symmetric, self.metadata)
+        header = (tuple(self.shape), self.pattern, self.bits, self.group_size, self.symmetric, self.metadata,
+                  self.value_dtype)
         return (header, *((f.data_ptr(), f._version, tuple(f.shape), f.dtype) if isinstance(f, torch.Tensor)
                                      else repr(f) for f in fields))
 
     def slice_rows(self, r0: int, r1: int) -> NMQTensor:
         """Rows [r0, r1), sharing this tensor's storage."""
         z = None if self.zeros is None else self.zeros[r0:r1]
-        return NMQTensor((r1 - r0, self.in_features), self.pattern, self.bits, self.group_size, self.symmetric,
-                         self.metadata, self.values[r0:r1], self.meta[r0:r1], self.scales[r0:r1], z)
+        return replace(self, shape=(r1 - r0, self.in_features), values=self.values[r0:r1], meta=self.meta[r0:r1],
+                       scales=self.scales[r0:r1], zeros=z)
 
 
 def padded_k(k: int, pattern: Pattern, group_size: int) -> int:
@@ -277,6 +326,17 @@ def check_group(pattern: Pattern, group_size: int) -> None:
             f"group size {group_size} is not a multiple of M={pattern.m} (pattern {pattern}); "
             f"accepted: a positive multiple of {pattern.m}, or -1 for one group per row"
         )
+
+
+def check_float_header(t: NMQTensor) -> None:
+    """Raise FormatError unless ``t``'s header is that of float values: bits 16, a 16-bit float value_dtype, one
+    group per row, symmetric (the only settings that mean anything without quantization)."""
+    if t.bits != FLOAT_BITS or t.value_dtype not in VALUE_DTYPES.values():
+        raise FormatError(f"bits={t.bits} with value_dtype={t.value_dtype}; accepted: bits {FLOAT_BITS} with "
+                          f"{' or '.join(VALUE_DTYPES)}")
+    if t.group_size != -1 or t.symmetric is not True:
+        raise FormatError(f"16-bit float values with group_size={t.group_size}, symmetric={t.symmetric}; "
+                          "accepted: group_size -1, symmetric (they have no scales or zeros)")
 
 
 def encode_meta(group_positions: torch.Tensor, pattern: Pattern, encoding: str) -> torch.Tensor:
@@ -302,7 +362,10 @@ def validate(t: NMQTensor, where: str) -> None:
     if not isinstance(t.pattern, Pattern):
         fail("pattern", f"is {t.pattern!r}; accepted: an N:M pattern")
     try:
-        QuantSpec(t.bits, t.group_size, bool(t.symmetric))
+        if t.value_dtype is not None or t.bits == FLOAT_BITS:
+            check_float_header(t)
+        else:
+            QuantSpec(t.bits, t.group_size, bool(t.symmetric))
         check_group(t.pattern, t.group_size)
         check_encoding(t.metadata)
     except Exception as exc:  # re-raised with the location
@@ -329,6 +392,8 @@ def validate(t: NMQTensor, where: str) -> None:
             fail(name, f"has shape {list(got.shape)}; expected {list(want_shape)}")
     if not torch.isfinite(t.scales).all() or (t.scales < 0).any():
         fail("scales", "holds a negative, NaN or infinite scale")
+    if t.is_float and not torch.isfinite(t.dequantized_values()).all():
+        fail("values", f"holds a NaN or infinite {dtype_name(t.value_dtype)} value")
     if not p.is_dense:
         codes = bitpack.unpack(t.meta, width, mgroups * per_group)
         if t.metadata == "index":

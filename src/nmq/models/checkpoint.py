@@ -4,7 +4,10 @@ A checkpoint is a directory holding ``config.json`` (the model's own),
 tokenizer files if the source had any, ``model.nmq.safetensors`` (compressed
 and dense tensors, :mod:`nmq.format.file`) and ``nmq.json`` (the recipe and
 what was compressed). It is written under a temporary name and renamed into
-place, so a failed run leaves nothing that loads.
+place, so a failed run leaves nothing that loads. ``config.json`` carries a
+``quantization_config`` (``quant_method`` ``"nmq"``), as GPTQ and AWQ
+checkpoints do, so that ``transformers.AutoModelForCausalLM.from_pretrained``
+loads it once nmq is imported (:mod:`nmq.models.hf_quantizer`).
 
 >>> import nmq, tempfile, torch
 >>> model = nmq.compress_model(nmq.builtin_model(), progress=False)
@@ -31,7 +34,7 @@ from ..atomic import atomic_dir
 from ..compress.recipe import Recipe
 from ..errors import FormatError, ModelError
 from ..format.file import save_file
-from ..format.load import load_file
+from ..format.load import TensorFile, load_file
 from ..runtime.linear import NMQLinear
 from ..runtime.modules import set_submodule
 from ..runtime.text import HFTokenizer
@@ -41,6 +44,7 @@ TENSORS_FILE = "model.nmq.safetensors"
 RECORD_FILE = "nmq.json"
 RECORD_FORMAT = "nmq-checkpoint"
 RECORD_VERSION = 1
+QUANT_METHOD = "nmq"  # config.json's quantization_config.quant_method
 TOKENIZER_FILES = (
     "tokenizer.json",
     "tokenizer_config.json",
@@ -125,6 +129,20 @@ def finish_checkpoint(tmp: Path, recipe: Recipe | None, source: str | None, sour
         "buffers": buffers,
     }
     (tmp / RECORD_FILE).write_text(json.dumps(record, indent=2) + "\n")
+    config_path = tmp / "config.json"
+    config = json.loads(config_path.read_text())
+    config["quantization_config"] = quantization_config(recipe)
+    config_path.write_text(json.dumps(config, indent=2, sort_keys=True) + "\n")
+
+
+def quantization_config(recipe: Recipe | None) -> dict:
+    """config.json's ``quantization_config`` for a checkpoint made with ``recipe``: what Hugging Face tools
+    read to learn how the model is quantized. ``nmq.json`` stays the record nmq itself loads from."""
+    config = {"quant_method": QUANT_METHOD}
+    if isinstance(recipe, Recipe):
+        config.update(recipe.to_dict())
+    config["format_version"] = RECORD_VERSION
+    return config
 
 
 def read_record(ckpt: str | Path) -> dict:
@@ -152,6 +170,20 @@ def read_record(ckpt: str | Path) -> dict:
     return record
 
 
+def read_checkpoint(ckpt: str | Path) -> tuple[dict, TensorFile, dict]:
+    """The validated record, the tensors and the config of the checkpoint directory ``ckpt``."""
+    ckpt = Path(ckpt)
+    record = read_record(ckpt)
+    if not (ckpt / "config.json").is_file():
+        raise FormatError(f"{ckpt}: config.json is missing")
+    tensors = load_file(ckpt / record["tensors"])
+    try:
+        config = json.loads((ckpt / "config.json").read_text())
+    except (json.JSONDecodeError, UnicodeDecodeError) as exc:
+        raise FormatError(f"{ckpt}/config.json: not valid JSON ({exc})") from None
+    return record, tensors, config
+
+
 def load_model(ckpt: str | Path, backend: str = "auto", path: str = "w4a16") -> torch.nn.Module:
     """Load a checkpoint directory as a working model (``generate`` works).
 
@@ -168,19 +200,19 @@ def load_model(ckpt: str | Path, backend: str = "auto", path: str = "w4a16") -> 
         building = pool.submit(skeleton, ckpt)
         tensors = load_file(ckpt / record["tensors"])
         model = building.result()
+    return fill_model(model, record, tensors, ckpt, backend=backend, path=path)
+
+
+def fill_model(model: torch.nn.Module, record: dict, tensors: TensorFile, ckpt: str | Path,
+               backend: str = "auto", path: str = "w4a16") -> torch.nn.Module:
+    """Put a checkpoint's tensors (its validated ``record`` and tensor file) into ``model``, a skeleton of its
+    config (on the meta device, or already holding weights, which the checkpoint's replace): the compressed
+    layers become NMQLinear, every other tensor is the checkpoint's, cast to the dtype the model computes in."""
     if sorted(tensors.compressed) != sorted(record["compressed_layers"]):
         raise FormatError(f"{ckpt}: {RECORD_FILE} lists layers that {record['tensors']} does not hold")
-    dense = dict(tensors.dense)
-    for name, t in tensors.compressed.items():
-        try:
-            old = model.get_submodule(name)
-        except AttributeError:
-            raise FormatError(f"{ckpt}: compressed layer {name!r} does not exist in the model") from None
-        if not isinstance(old, torch.nn.Linear) or (old.out_features, old.in_features) != tuple(t.shape):
-            raise FormatError(f"{ckpt}: compressed layer {name!r} {list(t.shape)} does not match the model's {old}")
-        set_submodule(model, name, NMQLinear(t, dense.pop(f"{name}.bias", None), backend=backend, path=path))
+    dense = place_compressed(model, tensors, ckpt, backend=backend, path=path)
     # Before tying, so that tied weights stay one tensor.
-    wanted = model.state_dict()  # meta tensors: the dtype the model computes in, for free
+    wanted = model.state_dict()  # on a skeleton, meta tensors: the dtype the model computes in, for free
     for name, t in dense.items():
         if name in wanted and t.is_floating_point() and wanted[name].dtype != t.dtype:
             dense[name] = t.to(wanted[name].dtype)
@@ -207,6 +239,23 @@ def load_model(ckpt: str | Path, backend: str = "auto", path: str = "w4a16") -> 
     with ThreadPoolExecutor(max_workers=max(1, min(8, os.cpu_count() or 1))) as pool:
         list(pool.map(NMQLinear.prepack, layers))
     return model.eval()
+
+
+def place_compressed(model: torch.nn.Module, tensors: TensorFile, ckpt: str | Path, backend: str = "auto",
+                     path: str = "w4a16") -> dict[str, torch.Tensor]:
+    """Replace each compressed layer of ``model`` by an NMQLinear of its tensor (and bias); the dense tensors
+    left to load. A layer may be an ``nn.Linear`` or an NMQLinear of the same shape (a placeholder built from
+    the file's header, whose fields are meta tensors)."""
+    dense = dict(tensors.dense)
+    for name, t in tensors.compressed.items():
+        try:
+            old = model.get_submodule(name)
+        except AttributeError:
+            raise FormatError(f"{ckpt}: compressed layer {name!r} does not exist in the model") from None
+        if not isinstance(old, (torch.nn.Linear, NMQLinear)) or (old.out_features, old.in_features) != tuple(t.shape):
+            raise FormatError(f"{ckpt}: compressed layer {name!r} {list(t.shape)} does not match the model's {old}")
+        set_submodule(model, name, NMQLinear(t, dense.pop(f"{name}.bias", None), backend=backend, path=path))
+    return dense
 
 
 def skeleton(directory: str | Path) -> torch.nn.Module:

@@ -1,5 +1,7 @@
 """Exports of an nmq checkpoint for engines without N:M support.
 
+``gguf`` (one ``.gguf`` file, what llama.cpp runs) is :mod:`nmq.models.export_gguf`.
+
 ``compressed-tensors`` (format ``pack-quantized``, what vLLM serves as
 W4A16 and transformers loads with the ``compressed-tensors`` package): every
 compressed layer exported dense, the dropped weights as the zero code, so
@@ -34,22 +36,23 @@ from ..atomic import atomic_dir, check_new_output
 from ..errors import FormatError, ModelError
 from ..format import bitpack
 from ..format.file import unshare_storage
-from ..format.load import load_file
 from ..format.tensor import NMQTensor
-from .checkpoint import RECORD_FILE, TOKENIZER_FILES, read_record
+from .checkpoint import RECORD_FILE, TOKENIZER_FILES, read_checkpoint
+from .export_gguf import export_gguf
 
-EXPORT_FORMATS = ("compressed-tensors",)
+EXPORT_FORMATS = ("compressed-tensors", "gguf")
 
 
 def export_checkpoint(ckpt: str | Path, out_dir: str | Path, to: str, overwrite: bool = False) -> dict:
-    """Write the nmq checkpoint ``ckpt`` as a ``to`` model directory; returns what was written and its storage."""
+    """Write the nmq checkpoint ``ckpt`` as a ``to`` model directory (``gguf``: a file); returns what was
+    written and its storage."""
     if to not in EXPORT_FORMATS:
         raise ModelError(f"export format {to!r} is unknown; accepted: {', '.join(EXPORT_FORMATS)}")
+    if to == "gguf":
+        return export_gguf(ckpt, out_dir, overwrite=overwrite)
     check_new_output(out_dir, overwrite)  # before any reading and packing
     ckpt = Path(ckpt)
-    record = read_record(ckpt)
-    tensors = load_file(ckpt / record["tensors"])
-    config = json.loads((ckpt / "config.json").read_text())
+    record, tensors, config = read_checkpoint(ckpt)
     state: dict[str, torch.Tensor] = {}
     groups: dict[tuple, list[str]] = {}  # one compressed-tensors scheme per (bits, symmetric, group)
     sparse_weights = 0

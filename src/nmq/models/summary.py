@@ -13,6 +13,7 @@ from __future__ import annotations
 from pathlib import Path
 
 from ..format.load import load_file
+from ..format.spec import FLOAT_BITS
 from ..format.storage import Storage, total
 from .checkpoint import read_record
 
@@ -56,15 +57,18 @@ def format_table(summary: dict) -> str:
     if summary.get("recipe"):
         r = summary["recipe"]
         sym = "symmetric" if r["symmetric"] else "asymmetric"
-        lines.append(f"recipe: {r['pattern']} int{r['bits']} g{r['group_size']} {sym}, metadata {r['metadata']}, "
-                     f"method {r['method']}")
+        values = "16-bit floats (prune only)" if r["bits"] == FLOAT_BITS else f"int{r['bits']} g{r['group_size']} {sym}"
+        lines.append(f"recipe: {r['pattern']} {values}, metadata {r['metadata']}, method {r['method']}")
     head = f"{'tensor':<44} {'shape':>13} {'format':>18} {'bits/w':>7} {'KiB':>10} {'x fp16':>7}"
     lines += [head, "-" * len(head)]
     for row in summary["tensors"]:
         s = row["storage"]
         shape = "x".join(map(str, row["shape"]))
         if row["kind"] == "nmq":
-            fmt = f"{row['pattern']} int{row['bits']} g{row['group_size']}{'' if row['symmetric'] else ' asym'}"
+            if "value_dtype" in row:
+                fmt = f"{row['pattern']} {row['value_dtype']}"
+            else:
+                fmt = f"{row['pattern']} int{row['bits']} g{row['group_size']}{'' if row['symmetric'] else ' asym'}"
             if row["padded_in"] != row["shape"][1]:
                 shape += f" (K->{row['padded_in']})"
         else:

@@ -58,7 +58,8 @@ def compress_weight_file(src: str | Path, out: str | Path, recipe: Recipe, overw
     compressed = {}
     for name, w in weights.items():
         try:
-            compressed[name] = compress_with(as_weight(w, name=f"{src}: tensor '{name}'"), recipe)
+            as_weight(w, name=f"{src}: tensor '{name}'")  # checked here to name the tensor in its errors
+            compressed[name] = compress_with(w, recipe)  # as stored: a bfloat16 weight keeps bfloat16 values (bits 16)
         except NMQError as exc:
             raise type(exc)(str(exc) if str(src) in str(exc) else f"{src}: tensor '{name}': {exc}") from None
     save_file(out, compressed, {})

@@ -9,6 +9,7 @@ torch.Size([2, 5, 32])
 
 from __future__ import annotations
 
+from dataclasses import replace
 from typing import Any
 
 import torch
@@ -27,6 +28,7 @@ class NMQLinear(torch.nn.Module):
     ) -> None:
         super().__init__()
         self.nmq_weight: NMQTensor | None = weight
+        self._header_only: NMQTensor | None = None  # the weight's format, once the weight itself is released
         self.in_features, self.out_features = weight.in_features, weight.out_features
         self._format = f"pattern={weight.pattern}, bits={weight.bits}, group_size={weight.group_size}"
         self.bias = None if bias is None else torch.nn.Parameter(bias.detach().clone(), requires_grad=False)
@@ -43,9 +45,14 @@ class NMQLinear(torch.nn.Module):
         t = compress_weight(linear.weight, **compress)
         return cls(t, linear.bias, backend=backend, path=path)
 
+    @property
+    def _format_of(self) -> NMQTensor | None:
+        """What a backend is chosen for: the weight, or its header-only stand-in once released."""
+        return self.nmq_weight if self.nmq_weight is not None else self._header_only
+
     def set_backend(self, backend: str = "auto", path: str | None = None) -> None:
         """Choose the backend (and numeric path) used from the next call on."""
-        get_backend(backend)  # fail now, not at the first forward
+        get_backend(backend, weight=self._format_of)  # fail now, not at the first forward
         self.backend = backend
         self._route.clear()
         if path is not None:
@@ -53,7 +60,7 @@ class NMQLinear(torch.nn.Module):
 
     def prepack(self, device: str = "cpu", batch: int = 1) -> None:
         """Build the backend's layout now (at load), not at the first forward."""
-        self._packed_for(get_backend(self.backend, device, batch))
+        self._packed_for(get_backend(self.backend, device, batch, self._format_of))
 
     def release_source(self) -> None:
         """Free the NMQTensor and keep only the packed forms built so far.
@@ -64,6 +71,10 @@ class NMQLinear(torch.nn.Module):
         """
         if not self._packed:
             raise BackendError("release_source() needs a packed form: call prepack() first")
+        t = self.nmq_weight
+        if t is not None:  # auto still chooses for the weight's format: its header, the fields as meta tensors
+            self._header_only = replace(t, **{n: torch.empty(f.shape, dtype=f.dtype, device="meta")
+                                               for n, f in t.tensors().items()})
         self.nmq_weight = None
 
     def _packed_for(self, backend) -> Any:
@@ -79,7 +90,7 @@ class NMQLinear(torch.nn.Module):
     def _route_for(self, device: str, tokens: int) -> tuple[Any, Any, Any]:
         route = self._route.get(device)
         if route is None:
-            backend = get_backend(self.backend, device, tokens)
+            backend = get_backend(self.backend, device, tokens, self._format_of)
             packed = self._packed_for(backend)
             route = self._route[device] = (backend, packed, backend.bind(packed, self.path))
         return route
@@ -152,7 +163,10 @@ def fuse_linears(layers: list[torch.nn.Module], device: str = "cpu") -> FusedLin
     if any(layer.backend != first.backend or layer.path != first.path or layer.in_features != first.in_features
            for layer in layers):
         return None
-    backend = get_backend(first.backend, device, 1)
+    chosen = [get_backend(layer.backend, device, 1, layer._format_of) for layer in layers]
+    backend = chosen[0]
+    if any(b is not backend for b in chosen):  # auto runs the layers' formats on different backends
+        return None
     stacked = backend.stack_rows([layer._packed_for(backend) for layer in layers])
     if stacked is None:
         return None

@@ -22,6 +22,7 @@ from dataclasses import dataclass
 import torch
 
 from ...errors import BackendError
+from ...format.spec import dtype_name
 from ...format.tensor import NMQTensor
 from ..base import Backend, check_path
 from . import ext, layout
@@ -102,10 +103,17 @@ class CpuBackend(Backend):
     def unavailable_reason(self) -> str | None:
         return ext.unavailable_reason()
 
+    def unsupported_reason(self, t: NMQTensor) -> str | None:
+        if t.is_float:
+            return ("its kernels decode integer codes (2, 3, 4 or 8 bits), not 16-bit float values "
+                    f"({dtype_name(t.value_dtype)})")
+        return None
+
     def prepack(self, t: NMQTensor) -> CpuPacked:
         require()
         if isinstance(t, CpuPacked):
             return t
+        self.check_supported(t)
         params, bufs = layout.prepack(t)
         return CpuPacked(tuple(t.shape), params, bufs, _max_abs_weight(t), t.group)
 

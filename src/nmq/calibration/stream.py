@@ -37,28 +37,23 @@ from pathlib import Path
 import torch
 
 from ..atomic import check_new_output
-from ..calibration.blocks import decoder_blocks, first_block_inputs
-from ..calibration.run import (
-    DEFAULT_BATCH,
-    BlockBar,
-    compress_block,
-    compress_outside_blocks,
-)
 from ..compress.recipe import Recipe
 from ..compress.weight import compress_with
 from ..errors import FormatError, ModelError, NMQError
 from ..format.file import TensorFileWriter, dtype_of, read_safetensors_header
 from ..format.tensor import NMQTensor
-from ..progress import progress as progress_bar
-from ..runtime.modules import target_layers
-from .checkpoint import (
+from ..models.checkpoint import (
     TENSORS_FILE,
     finish_checkpoint,
     materialize_buffers,
     skeleton,
     stored_buffers,
 )
-from .sources import check_shards
+from ..models.sources import check_shards
+from ..progress import progress as progress_bar
+from ..runtime.modules import target_layers
+from .blocks import decoder_blocks, first_block_inputs
+from .run import DEFAULT_BATCH, BlockBar, compress_block, compress_outside_blocks
 
 
 class SafetensorsShards:
@@ -348,7 +343,7 @@ def compress_rows(w: torch.Tensor, recipe: Recipe) -> NMQTensor:
     zeros = None if p.zeros is None else torch.cat([q.zeros for q in parts])
     return NMQTensor((w.shape[0], w.shape[1]), p.pattern, p.bits, p.group_size, p.symmetric, p.metadata,
                      torch.cat([q.values for q in parts]), torch.cat([q.meta for q in parts]),
-                     torch.cat([q.scales for q in parts]), zeros)
+                     torch.cat([q.scales for q in parts]), zeros, value_dtype=p.value_dtype)
 
 
 def _as_loaded(t: torch.Tensor, dtype: str) -> torch.Tensor:

@@ -11,7 +11,7 @@ from nmq.errors import ModelError
 from nmq.format.load import load_file
 from nmq.models.checkpoint import read_record
 from nmq.models.sources import load_source
-from nmq.models.stream import compress_streaming, stream_blocker
+from nmq.calibration.stream import compress_streaming, stream_blocker
 
 COMMON = dict(vocab_size=320, hidden_size=64, intermediate_size=128, num_hidden_layers=2, num_attention_heads=4,
               num_key_value_heads=2, max_position_embeddings=128)
@@ -33,7 +33,7 @@ def write_source(case, path):
 
 @pytest.mark.parametrize("case", sorted(CASES))
 def test_streamed_checkpoint_equals_the_in_memory_one(case, tmp_path, monkeypatch):
-    from nmq.models import stream
+    from nmq.calibration import stream
 
     monkeypatch.setattr(stream, "ROWS_PER_CHUNK", 48)  # layers compressed in row chunks, the last one short
     src = write_source(case, tmp_path / "src")
@@ -127,7 +127,7 @@ def test_the_summary_of_a_header_equals_the_validated_one(tmp_path):
 
 
 def test_an_interrupted_run_resumes_to_the_same_bytes(tmp_path, monkeypatch):
-    from nmq.models import stream
+    from nmq.calibration import stream
 
     src = write_source("llama-bf16-tied-sharded", tmp_path / "src")
     recipe = nmq.Recipe(pattern="2:4", group_size=64)
