@@ -20,9 +20,12 @@ from .format.pattern import Pattern
 from .format.tensor import NMQTensor
 from .models.builtin import builtin_model
 from .models.checkpoint import load_model, save_checkpoint
+from .models.hf_hook import register_when_imported
 from .runtime.linear import NMQLinear
 
 __version__ = "0.1.0"
+
+register_when_imported()  # AutoModelForCausalLM.from_pretrained(nmq checkpoint) works after import nmq
 
 __all__ = [
     "NMQError",
