@@ -28,7 +28,7 @@ def atomic_file(path: str | Path) -> Iterator[Path]:
         yield tmp_path
         with open(tmp_path, "rb+") as fh:
             os.fsync(fh.fileno())
-        tmp_path.chmod(0o666 & ~_umask())
+        tmp_path.chmod(0o666 & ~current_umask())
         os.replace(tmp_path, path)
     finally:
         tmp_path.unlink(missing_ok=True)
@@ -46,7 +46,7 @@ def atomic_dir(path: str | Path, overwrite: bool = False) -> Iterator[Path]:
     tmp = Path(tempfile.mkdtemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent))
     try:
         yield tmp
-        tmp.chmod(0o777 & ~_umask())
+        tmp.chmod(0o777 & ~current_umask())
         if path.exists():
             old = Path(tempfile.mkdtemp(prefix=f".{path.name}.", suffix=".old", dir=path.parent))
             os.replace(path, old / "previous")
@@ -64,7 +64,7 @@ def check_new_output(path: str | Path, overwrite: bool) -> None:
         raise OutputExistsError(f"output {path} exists; pass --overwrite (overwrite=True) to replace it")
 
 
-def _umask() -> int:
+def current_umask() -> int:
     """The process's umask: temporary files are created private (0600/0700), outputs get the usual modes."""
     mask = os.umask(0o022)
     os.umask(mask)

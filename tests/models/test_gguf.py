@@ -1,6 +1,7 @@
 """GGUF sources: the built-in SmolLM2-135M-Instruct (a real pretrained model shipped as a Q4_1 GGUF file)."""
 
 import copy
+import os
 
 import pytest
 import torch
@@ -8,6 +9,8 @@ import torch
 import nmq
 from nmq.errors import ModelError
 from nmq.models.checkpoint import load_model, save_checkpoint
+from nmq.models.export_gguf import export_gguf
+from nmq.models.gguf import STAMP_FILE, converted_directory, load_gguf
 from nmq.models.sources import load_source
 from nmq.runtime.text import HFTokenizer, load_tokenizer
 
@@ -20,7 +23,8 @@ def smollm2():
 
 def test_the_builtin_gguf_model_loads_with_its_tokenizer(smollm2):
     model, path = smollm2
-    assert path.suffix == ".gguf"
+    # converted once into the cache (conftest points NMQ_CACHE_DIR at this run's own directory)
+    assert path.is_dir() and (path / STAMP_FILE).is_file() and (path / "chat_template.jinja").is_file()
     c = model.config
     assert (type(model).__name__, c.hidden_size, c.num_hidden_layers, c.vocab_size) == ("LlamaForCausalLM", 576, 30, 49152)
     tok = load_tokenizer(path, c.vocab_size)
@@ -51,3 +55,43 @@ def test_a_missing_gguf_file_is_one_clear_error(tmp_path):
     (tmp_path / "bad.gguf").write_bytes(b"not a gguf file")
     with pytest.raises(ModelError, match="not a complete GGUF file"):
         load_source(str(tmp_path / "bad.gguf"), progress=False)
+
+
+@pytest.fixture(scope="module")
+def tiny_gguf(tmp_path_factory):
+    """A small LLaMA GGUF file (nmq's byte-level built-in, exported as llama.cpp runs it)."""
+    tmp = tmp_path_factory.mktemp("tiny-gguf")
+    ck = save_checkpoint(nmq.compress_model(nmq.builtin_model(), progress=False), tmp / "ck")
+    export_gguf(ck, tmp / "tiny.gguf")
+    return tmp / "tiny.gguf"
+
+
+def test_a_converted_gguf_file_loads_as_the_same_model(tiny_gguf, tmp_path, monkeypatch):
+    monkeypatch.setenv("NMQ_CACHE_DIR", str(tmp_path / "cache"))
+    want = load_gguf(tiny_gguf, progress=False)
+    got, where = load_source(str(tiny_gguf), progress=False)
+    assert where.parent == tmp_path / "cache" / "gguf"
+    a, b = got.state_dict(), want.state_dict()
+    assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) and a[k].dtype == b[k].dtype for k in a)
+    assert all(torch.equal(x, y) for (_, x), (_, y) in zip(got.named_buffers(), want.named_buffers()))
+    ids = torch.arange(40).view(1, -1) % 256
+    with torch.no_grad():
+        assert torch.equal(got(ids).logits, want(ids).logits)
+    again, where2 = load_source(str(tiny_gguf), progress=False)  # read from the cache, not converted again
+    assert where2 == where and torch.equal(again(ids).logits, want(ids).logits)
+    bf16, _ = load_source(str(tiny_gguf), progress=False, dtype="bfloat16")
+    assert all(p.dtype == torch.bfloat16 for p in bf16.parameters())
+
+
+def test_a_changed_gguf_file_is_converted_again_and_the_cache_can_be_off(tiny_gguf, tmp_path, monkeypatch):
+    monkeypatch.setenv("NMQ_CACHE_DIR", str(tmp_path / "cache"))
+    src = tmp_path / "m.gguf"
+    src.write_bytes(tiny_gguf.read_bytes())
+    first = converted_directory(src, progress=False)
+    os.utime(src, ns=(src.stat().st_atime_ns, src.stat().st_mtime_ns + 10**9))  # same bytes, touched
+    second = converted_directory(src, progress=False)
+    assert first != second and second.is_dir()
+    monkeypatch.setenv("NMQ_CACHE_DIR", "")
+    assert converted_directory(src, progress=False) is None
+    _, where = load_source(str(src), progress=False)
+    assert where == src  # read from the file itself

@@ -41,6 +41,12 @@ from .layout import FastParams, GenericParams, fast_kind
 
 INT32_MAX = 2**31 - 1
 _DIRECT_DTYPES = (torch.float32, torch.bfloat16)  # dtypes the kernels read and write as they are
+# From this many tokens on, a float call dequantizes the weight into a transient fp32 matrix and runs one dense
+# GEMM over it (PyTorch's, MKL's on x86): a GEMM tuned for large matrices beats the kernels there, 2:4's tile
+# kernel included. The dequantized values are the reference's (bit for bit), the dense weight is never kept,
+# and building it costs about 2% of the GEMM at 1024 tokens (AVX-512, 2:4)
+# (`nmq bench kernels --batch 64,256,1024,4096` measures both).
+GEMM_TOKENS = 1024
 
 
 @dataclass(eq=False)
@@ -65,6 +71,11 @@ class CpuPacked:
     def __setstate__(self, state):
         self.__dict__.update(state, handle=None)
         self.__post_init__()
+
+    @property
+    def k_stride(self) -> int:
+        """Columns of the layout's dense form (``in_features`` padded as the layout pads K)."""
+        return self.params.kk if self.fast else self.params.padded_in
 
     @property
     def fast(self) -> bool:
@@ -134,6 +145,8 @@ class CpuBackend(Backend):
             if not (isinstance(x, torch.Tensor) and x.dim() == 2 and x.shape[1] == k and x.device.type == "cpu"
                     and x.dtype in _DIRECT_DTYPES):
                 return self.matmul(x, packed, path).to(x.dtype)  # other dtypes, or the precise error
+            if not w4a8 and x.shape[0] >= GEMM_TOKENS:
+                return dense_gemm(x, packed).to(x.dtype)
             apply_env()
             xa = x.contiguous()
             y = torch.empty(x.shape[0], out, dtype=x.dtype)
@@ -163,6 +176,21 @@ def partial_sums(x: torch.Tensor, packed: CpuPacked | NMQTensor) -> torch.Tensor
     if isinstance(packed, NMQTensor):
         packed = CpuBackend().prepack(packed)
     return _run(x, packed, "w4a8", partials=True)[1]
+
+
+def dequantize(packed: CpuPacked) -> torch.Tensor:
+    """The weight of ``packed`` dequantized, fp32 ``[out, in]`` (a view of its padded dense form): the
+    reference's values bit for bit, decoded from the layout on the calling thread."""
+    require()
+    apply_env()
+    w = torch.empty(packed.out_features, packed.k_stride, dtype=torch.float32)
+    packed.handle.dequantize(w.data_ptr())
+    return w[:, : packed.in_features]
+
+
+def dense_gemm(x: torch.Tensor, packed: CpuPacked) -> torch.Tensor:
+    """``x @ dequant(W).T`` as one fp32 GEMM over the transiently dequantized weight (fp32 out)."""
+    return torch.mm(x.to(torch.float32), dequantize(packed).t())
 
 
 def _max_abs_weight(t: NMQTensor) -> int:
@@ -201,6 +229,8 @@ def _check_call(packed: CpuPacked, path: str) -> bool:
 def _run(x: torch.Tensor, packed: CpuPacked, path: str, partials: bool) -> tuple[torch.Tensor, torch.Tensor | None]:
     w4a8 = _check_call(packed, path)
     x = _check_x(x, packed)
+    if not (w4a8 or partials) and x.shape[0] >= GEMM_TOKENS:
+        return dense_gemm(x, packed), None
     apply_env()
     bf16 = x.dtype == torch.bfloat16
     xa = x.contiguous() if bf16 else x.to(torch.float32).contiguous()

@@ -161,10 +161,33 @@ FastWeight::FastWeight(Array vals_, Array meta_, Array scales_, Array zeros_, co
   L.zeros = L.symmetric ? nullptr : data_of<uint8_t>(zeros, "zeros");
 }
 
+// From this many tokens on, float 2:4 calls run fast24_prefill where the level has it: the crossover with the
+// gathering kernels (`nmq bench kernels --batch 32,64,128`). From GEMM_TOKENS on (matmul.py) the Python side
+// runs dequantize + a dense GEMM instead.
+constexpr int PREFILL24_TOKENS = 64;
+
 void FastWeight::run(uintptr_t x, bool bf16, int tokens, bool w4a8, uintptr_t y, uintptr_t P, bool out_bf16) const {
   if (tokens <= 0) return;
   nb::gil_scoped_release release;
   const MatmulOps& ops = current_level().matmul;
+  if (!w4a8 && L.kind == KIND_24 && tokens >= PREFILL24_TOKENS && ops.fast24_prefill && ops.prefill_tiles) {
+    const int tiles = (tokens + PREFILL_TILE - 1) / PREFILL_TILE;
+    // Reused call after call (no page faults), 64-byte aligned for the kernel's loads.
+    thread_local std::vector<float> store;
+    store.resize(size_t(tiles) * L.kk * PREFILL_TILE + 16);
+    float* xt = reinterpret_cast<float*>((reinterpret_cast<uintptr_t>(store.data()) + 63) & ~uintptr_t(63));
+    parallel_for(tiles, 1, [&](int lo, int hi) {
+      ops.prefill_tiles(ptr<const void>(x), bf16, tokens, L.in_features, L.kk, lo * PREFILL_TILE, hi * PREFILL_TILE, xt);
+    });
+    thread_local std::vector<float> staged;
+    if (out_bf16) staged.resize(size_t(tokens) * L.out);
+    float* yp = out_bf16 ? staged.data() : ptr<float>(y);
+    // Up to 8 row blocks a task (their decoded weights and one activation tile stay in L2), two tasks a thread.
+    const int chunk = std::max(1, std::min(8, L.blocks / (2 * pool_threads())));
+    parallel_for(L.blocks, chunk, [&](int lo, int hi) { ops.fast24_prefill(L, xt, tokens, lo, hi, yp); });
+    if (out_bf16) ops.to_bf16(yp, ptr<uint16_t>(y), size_t(tokens) * L.out);
+    return;
+  }
   // bf16 activations keep their precision on the bf16 dot-product kernel.
   const bool bf16_kernel = !w4a8 && bf16 && L.kind == KIND_24 && ops.fast_w4a16_bf16 && cpu_has_avx512_bf16();
   const Acts mode = w4a8 ? Acts::INT8 : bf16_kernel ? Acts::BF16 : Acts::FP32;
@@ -177,6 +200,11 @@ void FastWeight::run(uintptr_t x, bool bf16, int tokens, bool w4a8, uintptr_t y,
              else
                ops.fast_w4a16(L, p.af, lo, hi, yp);
            });
+}
+
+void FastWeight::dequantize(uintptr_t w) const {
+  nb::gil_scoped_release release;
+  current_level().matmul.fast_dequant(L, 0, L.blocks, ptr<float>(w));
 }
 
 GenericWeight::GenericWeight(Array values_, Array meta_, Array scales_, Array zeros_, Array table_,
@@ -221,6 +249,11 @@ void GenericWeight::run(uintptr_t x, bool bf16, int tokens, bool w4a8, uintptr_t
              else
                ops.generic_w4a16(L, p.af, lo, hi, yp);
            });
+}
+
+void GenericWeight::dequantize(uintptr_t w) const {
+  nb::gil_scoped_release release;
+  current_level().matmul.generic_dequant(L, 0, L.out, ptr<float>(w));
 }
 
 }  // namespace nmq

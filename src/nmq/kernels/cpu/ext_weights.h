@@ -18,6 +18,10 @@ using Array = nanobind::ndarray<nanobind::device::cpu, nanobind::c_contig>;
 // bf16, [tokens][out][groups] int32 or 0) that the caller has checked;
 // passing addresses keeps a call to a few microseconds.
 
+// dequantize(w): w is the address of a contiguous fp32 buffer [out][kk] (fast) or [out][padded_in] (canonical)
+// that the caller allocated; filled on the calling thread: the GEMM that follows runs on PyTorch's threads, and
+// waking nmq's pool (whose workers then spin) between PyTorch's calls makes the two pools contend for the cores.
+
 // A weight in the fast layout.
 struct FastWeight {
   FastLayout L;
@@ -25,6 +29,7 @@ struct FastWeight {
 
   FastWeight(Array vals, Array meta, Array scales, Array zeros, const FastParams& params);
   void run(uintptr_t x, bool bf16, int tokens, bool w4a8, uintptr_t y, uintptr_t P, bool out_bf16) const;
+  void dequantize(uintptr_t w) const;
 };
 
 // A weight in the canonical layout (any N:M, any width), decoded row by row.
@@ -34,6 +39,7 @@ struct GenericWeight {
 
   GenericWeight(Array values, Array meta, Array scales, Array zeros, Array table, const GenericParams& params);
   void run(uintptr_t x, bool bf16, int tokens, bool w4a8, uintptr_t y, uintptr_t P, bool out_bf16) const;
+  void dequantize(uintptr_t w) const;
 };
 
 }  // namespace nmq

@@ -203,6 +203,15 @@ struct MatmulOps {
   // Tokens [t0, t1) of a.pairs24 from a.q, written to out; null on levels
   // whose 2:4 kernels read a.qu instead.
   void (*pair_table24)(const Act8& a, int t0, int t1, uint8_t* out) = nullptr;
+  // Row blocks [b0, b1) of 2:4 for many tokens: x transposed into tiles [tiles][kk][PREFILL_TILE] (zero padded
+  // past the last token), y [tokens][out] fp32. Null on levels without it.
+  void (*fast24_prefill)(const FastLayout& L, const float* xt, int tokens, int b0, int b1, float* y) = nullptr;
+  // Its tiles: tokens [t0, t1) (whole tiles) of x [tokens][k] (fp32, or bf16 bits when bf16), zero padded.
+  void (*prefill_tiles)(const void* x, bool bf16, int tokens, int k, int kk, int t0, int t1, float* xt) = nullptr;
+  // Row blocks [b0, b1) (fast) or rows [r0, r1) (canonical) dequantized into fp32 w [out][kk or padded_in], for
+  // calls with enough tokens that one dense GEMM beats the kernels.
+  void (*fast_dequant)(const FastLayout& L, int b0, int b1, float* w) = nullptr;
+  void (*generic_dequant)(const GenericLayout& L, int r0, int r1, float* w) = nullptr;
   // fp32 -> bf16 bits, rounded to nearest even as PyTorch's conversion (bf16 outputs).
   void (*to_bf16)(const float* src, uint16_t* dst, size_t n) = nullptr;
 };
@@ -222,6 +231,9 @@ struct GramOps {
   // (see gram_bf16 in kernels_avx512.cpp); null where the CPU lacks bf16 dot products.
   void (*gram_bf16)(const uint16_t* packed, int panels, int pairs, float* c, int64_t ldc, int w0, int w1) = nullptr;
 };
+
+// Tokens per tile of fast24_prefill's transposed activations.
+constexpr int PREFILL_TILE = 32;
 
 // Column tiles of gram_bf16: 3 panels of 16 features each.
 constexpr int GRAM_TILE_PANELS = 3;

@@ -349,6 +349,8 @@ const Level* level_avx2() {
     l.matmul.fast_w4a16 = avx2::fast_w4a16_simd;
     l.matmul.generic_w4a8 = avx2::generic_w4a8;
     l.matmul.generic_w4a16 = avx2::generic_w4a16;
+    l.matmul.fast_dequant = avx2::fast_dequant;
+    l.matmul.generic_dequant = avx2::generic_dequant;
     l.matmul.to_bf16 = avx2::to_bf16_n;
     l.decode = avx2::decode_ops();
     return l;

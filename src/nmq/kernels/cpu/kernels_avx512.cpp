@@ -769,6 +769,164 @@ static void gram_bf16(const uint16_t* packed, int panels, int pairs, float* c, i
   }
 }
 
+// Tokens [t0, t1) (whole tiles) of x [tokens][k] (fp32 or bf16 bits) as fast24_prefill's tiles: xt
+// [tiles][kk][PREFILL_TILE], zero past k and past the last token. One gather per K position and 16 tokens.
+static void prefill_tiles(const void* x, bool bf16, int tokens, int k, int kk, int t0, int t1, float* xt) {
+  constexpr int PT = PREFILL_TILE;
+  for (int t = t0; t < t1; t += PT) {
+    float* tile = xt + size_t(t / PT) * kk * PT;
+    for (int v = 0; v < PT; v += 16) {
+      const int n = std::max(0, std::min(16, tokens - t - v));
+      const __mmask16 live = __mmask16((1u << n) - 1u);
+      const __m512i rows = _mm512_mullo_epi32(_mm512_setr_epi32(0, 1, 2, 3, 4, 5, 6, 7, 8, 9, 10, 11, 12, 13, 14, 15),
+                                              _mm512_set1_epi32(k));
+      for (int c = 0; c < kk; ++c) {
+        __m512 col = _mm512_setzero_ps();
+        if (c < k && n > 0) {
+          if (bf16) {
+            const uint16_t* base = static_cast<const uint16_t*>(x) + size_t(t + v) * k + c;
+            // 32-bit gathers of bf16 pairs at 2-byte offsets: the wanted half is the low one.
+            __m512i w = _mm512_mask_i32gather_epi32(_mm512_setzero_si512(), live, rows, base, 2);
+            col = _mm512_castsi512_ps(_mm512_slli_epi32(w, 16));
+          } else {
+            const float* base = static_cast<const float*>(x) + size_t(t + v) * k + c;
+            col = _mm512_mask_i32gather_ps(_mm512_setzero_ps(), live, rows, base, 4);
+          }
+        }
+        _mm512_store_ps(tile + size_t(c) * PT + v, col);
+      }
+    }
+  }
+}
+
+// --- 2:4 with many tokens ------------------------------------------------------
+// A prefill's tokens are many: a row block's kept weights are decoded once per
+// call, as (value, K) pairs with the scale applied (the reference's
+// dequantized values), and each one is multiplied into PREFILL_TILE tokens at
+// once from activations transposed into tiles [kk][PREFILL_TILE] (one load
+// fetches a K position of 16 tokens), so the dropped half of the weights costs
+// nothing. Eight rows at a time, two vectors of tokens each: sixteen
+// accumulators, and the rows walk K together, so the activations a pair-step
+// needs (1 KB) are loaded into L1 once and used by all eight.
+// Byte slot * 16 + row of a pair-step's row lanes (byte 4 * row + slot): the lanes slot by slot.
+struct alignas(64) SlotMajor {
+  uint8_t idx[64] = {};
+  constexpr SlotMajor() {
+    for (int o = 0; o < 64; ++o) idx[o] = uint8_t(4 * (o % 16) + o / 16);
+  }
+};
+static constexpr SlotMajor slot_major{};
+
+// One 2:4 pair-step of a row block (codes c, metadata quad and step e as walk24 hands them over, K k of its
+// first position), slot by slot: fn(slot, values, ks) with the 16 rows' dequantized weights of that slot
+// (float(code - zero) * scale, the reference's) and their K positions, as lanes.
+template <typename Fn>
+static NMQ_INLINE void dequant_step24(__m512i c, __m512i quad, int e, int k, __m512i zv, __m512 sv, Fn&& fn) {
+  const __m512i perm = ld(slot_major.idx);
+  alignas(64) uint8_t codes[64], pos[64];
+  _mm512_store_si512(codes, _mm512_permutexvar_epi8(perm, _mm512_and_si512(c, _mm512_set1_epi8(0x0F))));
+  _mm512_store_si512(pos, _mm512_permutexvar_epi8(perm, index24(quad, e)));
+#pragma GCC unroll 4
+  for (int slot = 0; slot < 4; ++slot) {
+    const __m512i ci = _mm512_cvtepu8_epi32(_mm_load_si128(reinterpret_cast<const __m128i*>(codes + 16 * slot)));
+    const __m512i pi = _mm512_cvtepu8_epi32(_mm_load_si128(reinterpret_cast<const __m128i*>(pos + 16 * slot)));
+    fn(slot, _mm512_mul_ps(_mm512_cvtepi32_ps(_mm512_sub_epi32(ci, zv)), sv), _mm512_add_epi32(pi, _mm512_set1_epi32(k)));
+  }
+}
+
+// Every pair-step of row block b: fn(k, slot, values, ks) as dequant_step24's, k the pair-step's first K.
+template <typename Fn>
+static NMQ_INLINE void dequant_block24(const FastLayout& L, int b, Fn&& fn) {
+  for (int g = 0; g < L.groups; ++g) {
+    const size_t blk = size_t(b) * L.groups + g;
+    uint8_t z8[ROWS];
+    block_zeros(L, blk, z8);
+    const __m512i zv = _mm512_cvtepu8_epi32(_mm_loadu_si128(reinterpret_cast<const __m128i*>(z8)));
+    const __m512 sv = _mm512_cvtph_ps(_mm256_loadu_si256(reinterpret_cast<const __m256i*>(L.scales + blk * ROWS)));
+    walk24(L, b, g, [&](auto, int k, __m512i c, __m512i quad, auto e) __attribute__((always_inline)) {
+      dequant_step24(c, quad, e, k, zv, sv, [&](int slot, __m512 vv, __m512i kv) __attribute__((always_inline)) {
+        fn(k, slot, vv, kv);
+      });
+    });
+  }
+}
+
+static void fast24_prefill(const FastLayout& L, const float* xt, int tokens, int b0, int b1, float* y) {
+  constexpr int PT = PREFILL_TILE, RB = 8;
+  static_assert(2 * RB == ROWS, "a row block is two halves of RB rows");
+  static_assert(PT == 32, "two zmm of tokens per row");
+  const int kept = L.kk / 2;
+  const int nb = b1 - b0;
+  // Per block of [b0, b1): [row half][kept j][row of the half], what the inner loop reads, in order. The j of
+  // a pair-step's kept weights go by slot, not K (the order of a dot product's terms). All the blocks are
+  // decoded first so that each activation tile is read from memory once for all of them.
+  thread_local std::vector<float> val;
+  thread_local std::vector<uint32_t> off;
+  val.resize(size_t(nb) * ROWS * kept);
+  off.resize(size_t(nb) * ROWS * kept);
+  for (int b = b0; b < b1; ++b) {
+    float* vb = val.data() + size_t(b - b0) * ROWS * kept;
+    uint32_t* ob = off.data() + size_t(b - b0) * ROWS * kept;
+    dequant_block24(L, b, [&](int k, int slot, __m512 vv, __m512i kv) __attribute__((always_inline)) {
+      const __m512i ov = _mm512_mullo_epi32(kv, _mm512_set1_epi32(PT));
+      const size_t j = size_t(k / PAIR_K) * 4 + slot;
+      _mm256_storeu_ps(&vb[j * RB], _mm512_castps512_ps256(vv));
+      _mm256_storeu_ps(&vb[(kept + j) * RB], _mm512_extractf32x8_ps(vv, 1));
+      _mm256_storeu_si256(reinterpret_cast<__m256i*>(&ob[j * RB]), _mm512_castsi512_si256(ov));
+      _mm256_storeu_si256(reinterpret_cast<__m256i*>(&ob[(kept + j) * RB]), _mm512_extracti32x8_epi32(ov, 1));
+    });
+  }
+  const int tiles = (tokens + PT - 1) / PT;
+  alignas(64) float out[ROWS][PT];
+  for (int tt = 0; tt < tiles; ++tt) {
+    const float* xtile = xt + size_t(tt) * L.kk * PT;
+    const int nt = std::min(PT, tokens - tt * PT);
+    for (int b = b0; b < b1; ++b) {
+      const int rows = std::min(ROWS, L.out - b * ROWS);
+      for (int h = 0; h * RB < rows; ++h) {
+        __m512 a[RB][2];
+        for (int r = 0; r < RB; ++r) a[r][0] = a[r][1] = _mm512_setzero_ps();
+        const float* vp = val.data() + (size_t(b - b0) * 2 + h) * kept * RB;
+        const uint32_t* op = off.data() + (size_t(b - b0) * 2 + h) * kept * RB;
+        for (int j = 0; j < kept; ++j, vp += RB, op += RB) {
+#pragma GCC unroll 8
+          for (int r = 0; r < RB; ++r) {
+            const float* xp = xtile + op[r];
+            const __m512 w = _mm512_set1_ps(vp[r]);
+            a[r][0] = _mm512_fmadd_ps(w, _mm512_load_ps(xp), a[r][0]);
+            a[r][1] = _mm512_fmadd_ps(w, _mm512_load_ps(xp + 16), a[r][1]);
+          }
+        }
+        for (int r = 0; r < RB; ++r) {
+          _mm512_store_ps(out[h * RB + r], a[r][0]);
+          _mm512_store_ps(out[h * RB + r] + 16, a[r][1]);
+        }
+      }
+      for (int i = 0; i < nt; ++i) {
+        float* yr = y + size_t(tt * PT + i) * L.out + size_t(b) * ROWS;
+        for (int r = 0; r < rows; ++r) yr[r] = out[r][i];
+      }
+    }
+  }
+}
+
+// fast_dequant with 2:4 decoded as fast24_prefill decodes it, then scattered to the rows: the dense weight of
+// a GEMM-sized call is built in a few percent of the GEMM's time.
+static void fast_dequant24(const FastLayout& L, int b0, int b1, float* w) {
+  if (L.kind != KIND_24) return fast_dequant(L, b0, b1, w);
+  const __m512i rowoff = _mm512_mullo_epi32(_mm512_setr_epi32(0, 1, 2, 3, 4, 5, 6, 7, 8, 9, 10, 11, 12, 13, 14, 15),
+                                            _mm512_set1_epi32(L.kk));
+  for (int b = b0; b < b1; ++b) {
+    const int rows = std::min(ROWS, L.out - b * ROWS);
+    const __mmask16 live = __mmask16((1u << rows) - 1u);
+    float* wb = w + size_t(b) * ROWS * L.kk;
+    for (int r = 0; r < rows; ++r) std::memset(wb + size_t(r) * L.kk, 0, sizeof(float) * L.kk);
+    dequant_block24(L, b, [&](int, int, __m512 vv, __m512i kv) __attribute__((always_inline)) {
+      _mm512_mask_i32scatter_ps(wb, live, _mm512_add_epi32(rowoff, kv), vv, 4);
+    });
+  }
+}
+
 }  // namespace avx512
 
 const Level* level_avx512() {
@@ -780,8 +938,12 @@ const Level* level_avx512() {
     l.matmul.fast_w4a8 = avx512::fast_w4a8_simd;
     l.matmul.fast_w4a16 = avx512::fast_w4a16_simd;
     l.matmul.fast_w4a16_bf16 = avx512::fast_w4a16_bf16;
+    l.matmul.fast24_prefill = avx512::fast24_prefill;
+    l.matmul.prefill_tiles = avx512::prefill_tiles;
     l.matmul.generic_w4a8 = avx512::generic_w4a8;
     l.matmul.generic_w4a16 = avx512::generic_w4a16;
+    l.matmul.fast_dequant = avx512::fast_dequant24;
+    l.matmul.generic_dequant = avx512::generic_dequant;
     l.matmul.pair_table24 = avx512::pair_table24;
     l.matmul.to_bf16 = avx512::to_bf16_n;
     l.decode = avx512::decode_ops();

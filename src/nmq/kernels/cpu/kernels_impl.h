@@ -275,6 +275,48 @@ static void decode_block_group(const FastLayout& L, size_t blk, const uint8_t* z
   }
 }
 
+// Row blocks [b0, b1) dequantized into w [out][kk] (fp32): the reference's value, float(code - zero) * scale.
+// 2:4 is decoded straight into the rows (the kept pair of each 4 from the metadata, zeros elsewhere): the
+// dequantized weight is built per call, and the generic decode costs as much as a small GEMM.
+[[maybe_unused]] static void fast_dequant(const FastLayout& L, int b0, int b1, float* w) {
+  std::vector<float> wc(size_t(ROWS) * L.group);
+  for (int b = b0; b < b1; ++b) {
+    const int rows = std::min(ROWS, L.out - b * ROWS);
+    for (int g = 0; g < L.groups; ++g) {
+      size_t blk = size_t(b) * L.groups + g;
+      uint8_t z[ROWS];
+      block_zeros(L, blk, z);
+      if (L.kind == KIND_24) {
+        float s[ROWS];
+        for (int r = 0; r < rows; ++r) s[r] = half_to_float(L.scales[blk * ROWS + r]);
+        for (int st = 0; st < L.steps; ++st) {
+          const int t = g * L.steps + st, half = t & 1, e = t % 4;
+          const uint8_t* v = vals24(L, b, t);
+          const uint8_t* quad = quad24_at(L, b, t);
+          for (int r = 0; r < rows; ++r) {
+            const int f = field24(quad, r, e), ra = f & 7, rb = f >> 3;
+            float* d = w + size_t(b * ROWS + r) * L.kk + size_t(t) * PAIR_K;
+            const auto c = [&](int slot) { return float(int((v[4 * r + slot] >> (4 * half)) & 15) - int(z[r])) * s[r]; };
+            for (int k = 0; k < PAIR_K; ++k) d[k] = 0.f;
+            d[PAIR24[ra][0]] = c(0);
+            d[PAIR24[ra][1]] = c(2);
+            d[4 + PAIR24[rb][0]] = c(1);
+            d[4 + PAIR24[rb][1]] = c(3);
+          }
+        }
+        continue;
+      }
+      decode_block_group(L, blk, z, wc.data());
+      for (int r = 0; r < rows; ++r) {
+        const float s = half_to_float(L.scales[blk * ROWS + r]);
+        const float* src = wc.data() + size_t(r) * L.group;
+        float* dst = w + size_t(b * ROWS + r) * L.kk + size_t(g) * L.group;
+        for (int k = 0; k < L.group; ++k) dst[k] = src[k] * s;
+      }
+    }
+  }
+}
+
 // --- canonical layout ----------------------------------------------------------
 
 static inline uint32_t read_bits(const uint8_t* p, int64_t nbytes, int64_t bitpos, int width) {
@@ -345,6 +387,18 @@ static void generic_w4a16(const GenericLayout& L, const ActF& a, int r0, int r1,
       for (int k = 0; k < L.group; ++k) wf[size_t(g) * L.group + k] = float(w[size_t(g) * L.group + k]) * sw[g];
     for (int t = 0; t < a.tokens; ++t)
       y[size_t(t) * L.out + r] = dot_f32(wf.data(), a.x + size_t(t) * a.kk, L.padded_in);
+  }
+}
+
+// Rows [r0, r1) dequantized into w [out][padded_in] (fp32), as generic_w4a16 computes them.
+static void generic_dequant(const GenericLayout& L, int r0, int r1, float* w) {
+  std::vector<int16_t> c(L.padded_in);
+  std::vector<float> sw(L.groups);
+  for (int r = r0; r < r1; ++r) {
+    decode_row(L, r, c.data(), sw.data());
+    float* dst = w + size_t(r) * L.padded_in;
+    for (int g = 0; g < L.groups; ++g)
+      for (int k = 0; k < L.group; ++k) dst[size_t(g) * L.group + k] = float(c[size_t(g) * L.group + k]) * sw[g];
   }
 }
 

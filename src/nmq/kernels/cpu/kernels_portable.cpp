@@ -13,6 +13,8 @@ const Level* level_portable() {
     l.matmul.fast_w4a16 = portable::fast_w4a16;
     l.matmul.generic_w4a8 = portable::generic_w4a8;
     l.matmul.generic_w4a16 = portable::generic_w4a16;
+    l.matmul.fast_dequant = portable::fast_dequant;
+    l.matmul.generic_dequant = portable::generic_dequant;
     l.matmul.to_bf16 = portable::to_bf16_n;
     l.decode = portable::decode_ops();
     return l;

@@ -99,13 +99,15 @@ NB_MODULE(_nmq_cpu, m) {
       .field("symmetric", &GenericParams::symmetric);
   m.attr("layout_constants") = layout_constants();
 
-  // run(x, bf16, tokens, w4a8, y, P, out_bf16): see ext_weights.h.
+  // run(x, bf16, tokens, w4a8, y, P, out_bf16) and dequantize(w): see ext_weights.h.
   nb::class_<FastWeight>(m, "FastWeight")
       .def(nb::init<Array, Array, Array, Array, const FastParams&>())
-      .def("run", &FastWeight::run);
+      .def("run", &FastWeight::run)
+      .def("dequantize", &FastWeight::dequantize);
   nb::class_<GenericWeight>(m, "GenericWeight")
       .def(nb::init<Array, Array, Array, Array, Array, const GenericParams&>())
-      .def("run", &GenericWeight::run);
+      .def("run", &GenericWeight::run)
+      .def("dequantize", &GenericWeight::dequantize);
 
   m.def("attend", &attend, "q"_a, "k"_a, "v"_a, "out"_a, nb::kw_only(), "heads"_a, "kv_heads"_a, "length"_a, "dim"_a,
         "head_stride"_a, "bf16"_a, "scale"_a, nb::call_guard<nb::gil_scoped_release>(),
