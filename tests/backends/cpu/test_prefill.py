@@ -110,3 +110,12 @@ def test_dequantize_is_the_reference_bit_for_bit(pattern, bits, group_mult, symm
             assert torch.equal(cpu.dequantize(cpu.CpuBackend().prepack(t)), t.to_dense()), lv
         finally:
             cpu.set_isa(cpu.isa_levels()[0])
+
+
+@pytest.mark.parametrize("pattern", ["2:4", "3:8"])
+def test_large_weights_dequantize_on_the_pool_to_the_same_values(level, rng, pattern):
+    """From 4M weights dequantize runs on the kernels' threads (fast and canonical layouts alike)."""
+    t = _weight(2048, 2112, pattern, 4, 64, False, rng)
+    packed = cpu.CpuBackend().prepack(t)
+    assert packed.out_features * packed.k_stride >= 1 << 22
+    assert torch.equal(cpu.dequantize(packed), t.to_dense())

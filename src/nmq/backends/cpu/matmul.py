@@ -17,6 +17,7 @@ True
 
 from __future__ import annotations
 
+import threading
 from dataclasses import dataclass
 
 import torch
@@ -178,19 +179,42 @@ def partial_sums(x: torch.Tensor, packed: CpuPacked | NMQTensor) -> torch.Tensor
     return _run(x, packed, "w4a8", partials=True)[1]
 
 
-def dequantize(packed: CpuPacked) -> torch.Tensor:
-    """The weight of ``packed`` dequantized, fp32 ``[out, in]`` (a view of its padded dense form): the
-    reference's values bit for bit, decoded from the layout on the calling thread."""
+def dequantize(packed: CpuPacked, out: torch.Tensor | None = None) -> torch.Tensor:
+    """The weight of ``packed`` dequantized, fp32 ``[out, in]`` (a view of its padded dense form, in ``out``
+    when given: a contiguous fp32 buffer of at least that many elements): the reference's values bit for
+    bit, decoded from the layout (on the calling thread, or on the kernels' threads for weights of 4M and more)."""
     require()
     apply_env()
-    w = torch.empty(packed.out_features, packed.k_stride, dtype=torch.float32)
+    n = packed.out_features * packed.k_stride
+    if out is None:
+        out = torch.empty(n, dtype=torch.float32)
+    elif not (out.dtype == torch.float32 and out.is_contiguous() and out.numel() >= n):
+        raise BackendError(f"dequantize needs a contiguous float32 buffer of {n} elements")
+    w = out[:n].view(packed.out_features, packed.k_stride)
     packed.handle.dequantize(w.data_ptr())
     return w[:, : packed.in_features]
 
 
+class _Workspace(threading.local):
+    """The fp32 buffer a thread's GEMM-path calls dequantize into, kept between calls: a fresh one per call
+    costs a page fault per 4 KiB (a 180 MB LLaMA-7B MLP weight: 44k of them, a good part of the GEMM)."""
+
+    buf: torch.Tensor | None = None
+
+    def take(self, n: int) -> torch.Tensor:
+        if self.buf is None or self.buf.numel() < n:
+            self.buf = torch.empty(n, dtype=torch.float32)
+        return self.buf
+
+
+_workspace = _Workspace()
+
+
 def dense_gemm(x: torch.Tensor, packed: CpuPacked) -> torch.Tensor:
-    """``x @ dequant(W).T`` as one fp32 GEMM over the transiently dequantized weight (fp32 out)."""
-    return torch.mm(x.to(torch.float32), dequantize(packed).t())
+    """``x @ dequant(W).T`` as one fp32 GEMM over the weight dequantized into the thread's workspace (fp32
+    out). The workspace holds the largest weight dequantized so far, for as long as the thread lives."""
+    w = dequantize(packed, _workspace.take(packed.out_features * packed.k_stride))
+    return torch.mm(x.to(torch.float32), w.t())
 
 
 def _max_abs_weight(t: NMQTensor) -> int:

@@ -202,9 +202,17 @@ void FastWeight::run(uintptr_t x, bool bf16, int tokens, bool w4a8, uintptr_t y,
            });
 }
 
+// Weights from which dequantize runs on the pool: below, on the calling thread, as the GEMM that follows runs
+// on PyTorch's threads, and waking nmq's (which then spin) between PyTorch's calls makes the two pools contend
+// for the cores; above, the decode itself (tens of milliseconds for a LLaMA-7B MLP weight) outweighs that.
+constexpr size_t POOL_DEQUANT_WEIGHTS = size_t(1) << 22;
+
 void FastWeight::dequantize(uintptr_t w) const {
   nb::gil_scoped_release release;
-  current_level().matmul.fast_dequant(L, 0, L.blocks, ptr<float>(w));
+  const MatmulOps& ops = current_level().matmul;
+  float* out = ptr<float>(w);
+  if (size_t(L.blocks) * ROWS * L.kk < POOL_DEQUANT_WEIGHTS) return ops.fast_dequant(L, 0, L.blocks, out);
+  parallel_for(L.blocks, chunk_for(L.blocks), [&](int lo, int hi) { ops.fast_dequant(L, lo, hi, out); });
 }
 
 GenericWeight::GenericWeight(Array values_, Array meta_, Array scales_, Array zeros_, Array table_,
@@ -253,7 +261,10 @@ void GenericWeight::run(uintptr_t x, bool bf16, int tokens, bool w4a8, uintptr_t
 
 void GenericWeight::dequantize(uintptr_t w) const {
   nb::gil_scoped_release release;
-  current_level().matmul.generic_dequant(L, 0, L.out, ptr<float>(w));
+  const MatmulOps& ops = current_level().matmul;
+  float* out = ptr<float>(w);
+  if (size_t(L.out) * L.padded_in < POOL_DEQUANT_WEIGHTS) return ops.generic_dequant(L, 0, L.out, out);
+  parallel_for(L.out, chunk_for(L.out), [&](int lo, int hi) { ops.generic_dequant(L, lo, hi, out); });
 }
 
 }  // namespace nmq

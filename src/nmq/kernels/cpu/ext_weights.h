@@ -19,8 +19,7 @@ using Array = nanobind::ndarray<nanobind::device::cpu, nanobind::c_contig>;
 // passing addresses keeps a call to a few microseconds.
 
 // dequantize(w): w is the address of a contiguous fp32 buffer [out][kk] (fast) or [out][padded_in] (canonical)
-// that the caller allocated; filled on the calling thread: the GEMM that follows runs on PyTorch's threads, and
-// waking nmq's pool (whose workers then spin) between PyTorch's calls makes the two pools contend for the cores.
+// that the caller allocated; filled on the calling thread, or on the pool for large weights (ext_weights.cpp).
 
 // A weight in the fast layout.
 struct FastWeight {
