@@ -15,7 +15,7 @@ SRC = Path(__file__).resolve().parents[1] / "src" / "nmq"
 
 # Top to bottom: a module may import its own layer and the layers listed before it.
 LAYERS = [
-    "errors", "shapes", "progress", "atomic",
+    "errors", "shapes", "progress", "files",
     "format", "compress", "kernels", "backends", "runtime", "models", "calibration",
     "integrations",
     "hw.config", "hw.rtl", "hw.estimate", "hw.sim", "hw.board", "hw.impl", "hw",

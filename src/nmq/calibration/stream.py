@@ -36,7 +36,7 @@ from pathlib import Path
 
 import torch
 
-from ..atomic import check_new_output
+from ..files import check_new_output
 from ..compress.recipe import Recipe
 from ..compress.weight import compress_with
 from ..errors import FormatError, ModelError, NMQError

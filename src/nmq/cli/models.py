@@ -133,7 +133,7 @@ def add_parsers(sub, common: argparse.ArgumentParser) -> None:
 
 
 def cmd_compress(args: argparse.Namespace) -> int:
-    from ..atomic import check_new_output
+    from ..files import check_new_output
     from ..calibration.run import compress_model
     from ..calibration.stream import compress_streaming, stream_blocker
     from ..compress.recipe import DEFAULT_IGNORE, Recipe

@@ -30,7 +30,7 @@ from pathlib import Path
 
 import torch
 
-from ..atomic import atomic_file
+from ..files import atomic_file
 from ..errors import FormatError
 
 FORMAT_NAME = "nmq"

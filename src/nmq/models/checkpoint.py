@@ -30,7 +30,7 @@ from pathlib import Path
 
 import torch
 
-from ..atomic import atomic_dir
+from ..files import atomic_dir
 from ..compress.recipe import Recipe
 from ..errors import FormatError, ModelError
 from ..format.file import save_file

@@ -32,7 +32,7 @@ from pathlib import Path
 
 import torch
 
-from ..atomic import atomic_dir, check_new_output
+from ..files import atomic_dir, check_new_output
 from ..errors import FormatError, ModelError
 from ..format import bitpack
 from ..format.file import unshare_storage

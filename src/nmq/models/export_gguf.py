@@ -62,7 +62,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from ..atomic import atomic_file, check_new_output
+from ..files import atomic_file, check_new_output
 from ..errors import FormatError, ModelError
 from ..format.tensor import NMQTensor
 from .checkpoint import read_checkpoint

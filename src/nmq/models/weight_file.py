@@ -15,7 +15,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from ..atomic import check_new_output
+from ..files import check_new_output
 from ..compress.recipe import Recipe
 from ..compress.weight import as_weight, compress_with
 from ..errors import ModelError, NMQError

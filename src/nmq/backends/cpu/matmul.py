@@ -42,10 +42,10 @@ from .layout import FastParams, GenericParams, fast_kind
 
 INT32_MAX = 2**31 - 1
 _DIRECT_DTYPES = (torch.float32, torch.bfloat16)  # dtypes the kernels read and write as they are
-# From this many tokens on, a float call dequantizes the weight into a transient fp32 matrix and runs one dense
-# GEMM over it (PyTorch's, MKL's on x86): a GEMM tuned for large matrices beats the kernels there, 2:4's tile
-# kernel included. The dequantized values are the reference's (bit for bit), the dense weight is never kept,
-# and building it costs about 2% of the GEMM at 1024 tokens (AVX-512, 2:4)
+# From this many tokens on, a float call dequantizes the weight into the thread's fp32 workspace and runs one
+# dense GEMM over it (PyTorch's, MKL's on x86): a GEMM tuned for large matrices beats the kernels there, 2:4's
+# tile kernel included. The dequantized values are the reference's (bit for bit), the weight itself stays
+# packed, and building the dense form costs about 2% of the GEMM at 1024 tokens (AVX-512, 2:4)
 # (`nmq bench kernels --batch 64,256,1024,4096` measures both).
 GEMM_TOKENS = 1024
 

@@ -17,20 +17,19 @@ M, weight width, buffer), not by the clock the config assumes.
 from __future__ import annotations
 
 import json
-import os
 import re
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from ...atomic import atomic_file
+from ...files import atomic_file, cache_root
 from ..config import AcceleratorConfig
 
 SHIPPED = Path(__file__).with_name("measured_clocks.json")
 
 
 def user_store() -> Path:
-    root = os.environ.get("NMQ_CACHE_DIR") or Path.home() / ".cache" / "nmq"
-    return Path(root) / "hw-clocks.json"
+    # Clocks are the user's own measurements: kept even where the cache of conversions is off.
+    return (cache_root() or Path.home() / ".cache" / "nmq") / "hw-clocks.json"
 
 
 @dataclass(frozen=True)

@@ -120,6 +120,17 @@ void prepare(const MatmulOps& ops, Prepared& p, const Input& in, int kk, int gro
   }
 }
 
+// fill(yp) writes n fp32 results to yp: y itself, or (out_bf16) a staging buffer that is then rounded into y's
+// bf16.
+template <typename Fill>
+void into_output(const MatmulOps& ops, uintptr_t y, bool out_bf16, size_t n, Fill&& fill) {
+  thread_local std::vector<float> staged;
+  if (out_bf16) staged.resize(n);
+  float* yp = out_bf16 ? staged.data() : ptr<float>(y);
+  fill(yp);
+  if (out_bf16) ops.to_bf16(yp, ptr<uint16_t>(y), n);
+}
+
 // One call of a weight's kernels: activations prepared, then
 // kernel(prepared, lo, hi, y, P) over work items [0, n) on the pool.
 // x, y and P are addresses the Python side has checked (P may be 0); y holds
@@ -130,12 +141,9 @@ void run_call(uintptr_t x, bool bf16, int tokens, int k, int kk, int group, int 
   const Input in{ptr<const void>(x), bf16, tokens, k};
   Prepared p;
   prepare(ops, p, in, kk, group, groups, mode, gather24);
-  thread_local std::vector<float> staged;
-  if (out_bf16) staged.resize(size_t(tokens) * out);
-  float* yp = out_bf16 ? staged.data() : ptr<float>(y);
   int32_t* pp = ptr<int32_t>(P);
-  parallel_for(n, chunk_for(n), [&](int lo, int hi) { kernel(p, lo, hi, yp, pp); });
-  if (out_bf16) ops.to_bf16(yp, ptr<uint16_t>(y), size_t(tokens) * out);
+  into_output(ops, y, out_bf16, size_t(tokens) * out,
+              [&](float* yp) { parallel_for(n, chunk_for(n), [&](int lo, int hi) { kernel(p, lo, hi, yp, pp); }); });
 }
 
 bool is_fast_kind(int kind) { return kind == KIND_24 || kind == KIND_48 || kind == KIND_14 || kind == KIND_DENSE; }
@@ -179,13 +187,11 @@ void FastWeight::run(uintptr_t x, bool bf16, int tokens, bool w4a8, uintptr_t y,
     parallel_for(tiles, 1, [&](int lo, int hi) {
       ops.prefill_tiles(ptr<const void>(x), bf16, tokens, L.in_features, L.kk, lo * PREFILL_TILE, hi * PREFILL_TILE, xt);
     });
-    thread_local std::vector<float> staged;
-    if (out_bf16) staged.resize(size_t(tokens) * L.out);
-    float* yp = out_bf16 ? staged.data() : ptr<float>(y);
     // Up to 8 row blocks a task (their decoded weights and one activation tile stay in L2), two tasks a thread.
     const int chunk = std::max(1, std::min(8, L.blocks / (2 * pool_threads())));
-    parallel_for(L.blocks, chunk, [&](int lo, int hi) { ops.fast24_prefill(L, xt, tokens, lo, hi, yp); });
-    if (out_bf16) ops.to_bf16(yp, ptr<uint16_t>(y), size_t(tokens) * L.out);
+    into_output(ops, y, out_bf16, size_t(tokens) * L.out, [&](float* yp) {
+      parallel_for(L.blocks, chunk, [&](int lo, int hi) { ops.fast24_prefill(L, xt, tokens, lo, hi, yp); });
+    });
     return;
   }
   // bf16 activations keep their precision on the bf16 dot-product kernel.

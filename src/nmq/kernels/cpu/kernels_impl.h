@@ -276,8 +276,8 @@ static void decode_block_group(const FastLayout& L, size_t blk, const uint8_t* z
 }
 
 // Row blocks [b0, b1) dequantized into w [out][kk] (fp32): the reference's value, float(code - zero) * scale.
-// 2:4 is decoded straight into the rows (the kept pair of each 4 from the metadata, zeros elsewhere): the
-// dequantized weight is built per call, and the generic decode costs as much as a small GEMM.
+// 2:4 is decoded straight into the rows (decode24's codes at its positions, zeros elsewhere): the dequantized
+// weight is built per call, and the generic decode through 128-byte pair-steps costs as much as a small GEMM.
 [[maybe_unused]] static void fast_dequant(const FastLayout& L, int b0, int b1, float* w) {
   std::vector<float> wc(size_t(ROWS) * L.group);
   for (int b = b0; b < b1; ++b) {
@@ -290,18 +290,13 @@ static void decode_block_group(const FastLayout& L, size_t blk, const uint8_t* z
         float s[ROWS];
         for (int r = 0; r < rows; ++r) s[r] = half_to_float(L.scales[blk * ROWS + r]);
         for (int st = 0; st < L.steps; ++st) {
-          const int t = g * L.steps + st, half = t & 1, e = t % 4;
-          const uint8_t* v = vals24(L, b, t);
-          const uint8_t* quad = quad24_at(L, b, t);
+          const int t = g * L.steps + st;
+          uint8_t code[64], pos[64];
+          decode24(vals24(L, b, t), t & 1, quad24_at(L, b, t), t % 4, code, pos);
           for (int r = 0; r < rows; ++r) {
-            const int f = field24(quad, r, e), ra = f & 7, rb = f >> 3;
             float* d = w + size_t(b * ROWS + r) * L.kk + size_t(t) * PAIR_K;
-            const auto c = [&](int slot) { return float(int((v[4 * r + slot] >> (4 * half)) & 15) - int(z[r])) * s[r]; };
             for (int k = 0; k < PAIR_K; ++k) d[k] = 0.f;
-            d[PAIR24[ra][0]] = c(0);
-            d[PAIR24[ra][1]] = c(2);
-            d[4 + PAIR24[rb][0]] = c(1);
-            d[4 + PAIR24[rb][1]] = c(3);
+            for (int slot = 0; slot < 4; ++slot) d[pos[4 * r + slot]] = float(int(code[4 * r + slot]) - int(z[r])) * s[r];
           }
         }
         continue;

@@ -1,7 +1,19 @@
-"""Atomic writes: a failed or interrupted write never leaves a half output.
+"""Files nmq writes: atomically, so that a failed or interrupted write never leaves a half output, and into
+nmq's cache directory (what commands keep between runs: GGUF files converted once, measured FPGA clocks).
 
 Files and directories are written under a temporary name beside the target
-and renamed into place only once complete.
+and renamed into place only once complete. The cache is ``$NMQ_CACHE_DIR``, else
+``$XDG_CACHE_HOME/nmq`` or ``~/.cache/nmq``:
+
+>>> import os
+>>> saved = os.environ.get("NMQ_CACHE_DIR")
+>>> os.environ["NMQ_CACHE_DIR"] = ""
+>>> cache_root() is None
+True
+>>> os.environ["NMQ_CACHE_DIR"] = "/somewhere/nmq"
+>>> str(cache_root())
+'/somewhere/nmq'
+>>> _ = os.environ.pop("NMQ_CACHE_DIR") if saved is None else os.environ.update(NMQ_CACHE_DIR=saved)
 """
 
 from __future__ import annotations
@@ -69,3 +81,11 @@ def current_umask() -> int:
     mask = os.umask(0o022)
     os.umask(mask)
     return mask
+
+
+def cache_root() -> Path | None:
+    """The cache directory, or None when ``NMQ_CACHE_DIR`` is set to an empty string (caching off)."""
+    env = os.environ.get("NMQ_CACHE_DIR")
+    if env is not None:
+        return Path(env) if env else None
+    return Path(os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache") / "nmq"
