@@ -11,7 +11,9 @@ neighbour slows all of them alike.
 Kernels: ``nmq-2:4-int4``, ``nmq-4:8-int4``, ``nmq-1:4-int4``,
 ``nmq-dense-int4`` (both numeric paths: ``w4a16`` takes bf16 activations,
 like ``torch-bf16`` and ``torch-int4pack``, and accumulates in fp32; ``w4a8``
-quantizes them to int8 per group of 128), ``torch-fp32``, ``torch-bf16``,
+quantizes them to int8 per group of 128), ``torch-fp32`` (PyTorch's own
+``linear``: MKL), ``onednn-fp32`` (the same fp32 GEMM through oneDNN, what
+nmq's GEMM path and ``nmq eval`` of dense layers use: :mod:`nmq.backends.cpu.gemm`), ``torch-bf16``,
 ``torch-int4pack`` (``torch.ops.aten._weight_int4pack_mm_for_cpu``, group 128)
 and ``ort-matmulnbits`` (ONNX Runtime ``MatMulNBits``, 4 bits, block 128,
 accuracy level 4: int8 activations, i.e. the ``w4a8`` path), when the optional
@@ -40,6 +42,7 @@ from functools import partial
 import torch
 
 from ..backends.base import NUMERIC_PATHS
+from ..backends.cpu import gemm
 from ..progress import say
 from ..shapes import linear_shapes
 from .common import (
@@ -54,7 +57,7 @@ from .common import (
 from .gpu import run_gpu
 
 NMQ_KERNELS = {"nmq-2:4-int4": "2:4", "nmq-4:8-int4": "4:8", "nmq-1:4-int4": "1:4", "nmq-dense-int4": "dense"}
-BASELINES = ("torch-fp32", "torch-bf16", "torch-int4pack", "ort-matmulnbits")
+BASELINES = ("torch-fp32", "onednn-fp32", "torch-bf16", "torch-int4pack", "ort-matmulnbits")
 ALL_KERNELS = tuple(NMQ_KERNELS) + BASELINES
 GROUP = 128
 
@@ -188,14 +191,15 @@ def format_table(records: list[dict], bandwidth: float, threads: int) -> str:
 
     lines = [f"read bandwidth {bandwidth:.1f} GB/s, {threads} threads; medians over the whole set of shapes x layers",
              (f"{'kernel':<16} {'path':<6} {'batch':>5} {'median ms':>10} {'MB':>8} {'floor ms':>9} "
-              f"{'x floor':>8} {'/ ort':>7} {'/ fp32':>7}")]
+              f"{'x floor':>8} {'/ ort':>7} {'/ fp32':>7} {'/ dnn':>7}")]
     for r in records:
-        ort, fp32 = find("ort-matmulnbits", r["batch"]), find("torch-fp32", r["batch"])
-        ratio_ort = f"{r['median_ms'] / ort:.2f}" if ort else "-"
-        ratio_fp32 = f"{r['median_ms'] / fp32:.3f}" if fp32 else "-"
+        ratios = []
+        for peer, digits in (("ort-matmulnbits", 2), ("torch-fp32", 3), ("onednn-fp32", 3)):
+            t = find(peer, r["batch"])
+            ratios.append(f"{r['median_ms'] / t:.{digits}f}" if t else "-")
         lines.append(
             f"{r['kernel']:<16} {r['path']:<6} {r['batch']:>5} {r['median_ms']:>10.3f} {r['bytes'] / 1e6:>8.1f} "
-            f"{r['floor_ms']:>9.3f} {r['median_ms'] / r['floor_ms']:>8.2f} {ratio_ort:>7} {ratio_fp32:>7}"
+            f"{r['floor_ms']:>9.3f} {r['median_ms'] / r['floor_ms']:>8.2f} {ratios[0]:>7} {ratios[1]:>7} {ratios[2]:>7}"
         )
     return "\n".join(lines)
 
@@ -238,14 +242,15 @@ class _Weights:
         self.note(f"  preparing {kernel}")
         if kernel in NMQ_KERNELS:
             return self._nmq(kernel, batches, paths, inputs)
-        if kernel in ("torch-fp32", "torch-bf16"):
-            dt = torch.float32 if kernel == "torch-fp32" else torch.bfloat16
+        if kernel in ("torch-fp32", "onednn-fp32", "torch-bf16"):
+            dt = torch.bfloat16 if kernel == "torch-bf16" else torch.float32
+            op = gemm.linear if kernel == "onednn-fp32" else torch.nn.functional.linear
             mats = self._each(lambda o, i: self.dense[(o, i)].to(dt))
             nbytes = sum(w.numel() * w.element_size() for _, w in mats)
             out = []
             for b in batches:
                 xs = {k: x.to(dt) for k, x in inputs[b].items()}
-                out.append(Row(kernel, "w4a16", b, nbytes, _loop([(xs[i], w) for i, w in mats], torch.nn.functional.linear)))
+                out.append(Row(kernel, "w4a16", b, nbytes, _loop([(xs[i], w) for i, w in mats], op)))
             return out
         if kernel == "torch-int4pack":
             return self._int4pack(batches, inputs)

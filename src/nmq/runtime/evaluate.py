@@ -18,6 +18,7 @@ from dataclasses import dataclass
 import torch
 import torch.nn.functional as F
 
+from ..backends.cpu.gemm import fp32_linears
 from ..errors import ModelError
 
 
@@ -100,23 +101,25 @@ def perplexity(model: torch.nn.Module, ids: torch.Tensor, window: int = 512, str
         from tqdm import tqdm
 
         bar = tqdm(total=sum(e - b - f for b, e, f in spans), desc="perplexity", unit="tok", leave=False)
-    for i in range(0, len(spans), batch):
-        group = spans[i : i + batch]
-        length = max(e - b for b, e, _ in group)
-        x = torch.zeros(len(group), length, dtype=torch.long)
-        for j, (b, e, _) in enumerate(group):
-            x[j, : e - b] = ids[b:e]
-        if split is None:
-            out, logits_of = model(input_ids=x, use_cache=False).logits, _already_logits
-        else:
-            out, logits_of = split[0](x), split[1]
-        for j, (b, e, first) in enumerate(group):
-            # the target at position p (p >= first) is predicted from position p - 1
-            total += _nll_sum(logits_of, out[j, first - 1 : e - b - 1], x[j, first : e - b])
-            count += e - b - first
-            if bar is not None:
-                bar.update(e - b - first)
-        del out
+    # dense fp32 layers (a dense model's, an lm_head's) on oneDNN's GEMM: 1.6x MKL's on this machine's AMD CPU
+    with fp32_linears():
+        for i in range(0, len(spans), batch):
+            group = spans[i : i + batch]
+            length = max(e - b for b, e, _ in group)
+            x = torch.zeros(len(group), length, dtype=torch.long)
+            for j, (b, e, _) in enumerate(group):
+                x[j, : e - b] = ids[b:e]
+            if split is None:
+                out, logits_of = model(input_ids=x, use_cache=False).logits, _already_logits
+            else:
+                out, logits_of = split[0](x), split[1]
+            for j, (b, e, first) in enumerate(group):
+                # the target at position p (p >= first) is predicted from position p - 1
+                total += _nll_sum(logits_of, out[j, first - 1 : e - b - 1], x[j, first : e - b])
+                count += e - b - first
+                if bar is not None:
+                    bar.update(e - b - first)
+            del out
     if bar is not None:
         bar.close()
     mean = total / count

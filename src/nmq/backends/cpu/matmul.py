@@ -26,7 +26,7 @@ from ...errors import BackendError
 from ...format.spec import dtype_name
 from ...format.tensor import NMQTensor
 from ..base import Backend, check_path
-from . import ext, layout
+from . import ext, gemm, layout
 from .ext import (
     ISA_ENV,
     apply_env,
@@ -43,7 +43,7 @@ from .layout import FastParams, GenericParams, fast_kind
 INT32_MAX = 2**31 - 1
 _DIRECT_DTYPES = (torch.float32, torch.bfloat16)  # dtypes the kernels read and write as they are
 # From this many tokens on, a float call dequantizes the weight into the thread's fp32 workspace and runs one
-# dense GEMM over it (PyTorch's, MKL's on x86): a GEMM tuned for large matrices beats the kernels there, 2:4's
+# dense GEMM over it (oneDNN's, :mod:`.gemm`): a GEMM tuned for large matrices beats the kernels there, 2:4's
 # tile kernel included. The dequantized values are the reference's (bit for bit), the weight itself stays
 # packed, and building the dense form costs about 2% of the GEMM at 1024 tokens (AVX-512, 2:4)
 # (`nmq bench kernels --batch 64,256,1024,4096` measures both).
@@ -213,8 +213,18 @@ _workspace = _Workspace()
 def dense_gemm(x: torch.Tensor, packed: CpuPacked) -> torch.Tensor:
     """``x @ dequant(W).T`` as one fp32 GEMM over the weight dequantized into the thread's workspace (fp32
     out). The workspace holds the largest weight dequantized so far, for as long as the thread lives."""
-    w = dequantize(packed, _workspace.take(packed.out_features * packed.k_stride))
-    return torch.mm(x.to(torch.float32), w.t())
+    k, ks = packed.in_features, packed.k_stride
+    w = dequantize(packed, _workspace.take(packed.out_features * ks))
+    x = x.to(torch.float32)
+    if ks == k:
+        return gemm.linear(x, w)
+    # The GEMM runs over the padded rows as they lie (a copy of the weight costs more than padded activations):
+    # dequantize writes every padding column (finite values, the padding's codes), the activations there are
+    # zeros, so they add nothing, exactly.
+    full = w.as_strided((packed.out_features, ks), (ks, 1))
+    xp = x.new_zeros(x.shape[0], ks)
+    xp[:, :k] = x
+    return gemm.linear(xp, full)
 
 
 def _max_abs_weight(t: NMQTensor) -> int:
