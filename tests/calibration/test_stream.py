@@ -7,11 +7,11 @@ import torch
 import transformers as T
 
 import nmq
+from nmq.calibration.stream import compress_streaming, stream_blocker
 from nmq.errors import ModelError
 from nmq.format.load import load_file
 from nmq.models.checkpoint import read_record
 from nmq.models.sources import load_source
-from nmq.calibration.stream import compress_streaming, stream_blocker
 
 COMMON = dict(vocab_size=320, hidden_size=64, intermediate_size=128, num_hidden_layers=2, num_attention_heads=4,
               num_key_value_heads=2, max_position_embeddings=128)

@@ -43,6 +43,7 @@ def rows() -> list[Row]:
         Row("2:4-wanda", Recipe(pattern="2:4", method="wanda", **g), quantize=False),
         Row("2:4-sparsegpt", Recipe(pattern="2:4", method="sparsegpt", **g), quantize=False),
         Row("2:4-sparsegpt+int4", Recipe(pattern="2:4", method="sparsegpt", **g)),
+        Row("2:4-sparsegpt+int4+recover", Recipe(pattern="2:4", method="sparsegpt", recover=2, **g)),
         Row("4:8-wanda", Recipe(pattern="4:8", method="wanda", **g), quantize=False),
         Row("4:8-sparsegpt", Recipe(pattern="4:8", method="sparsegpt", **g), quantize=False),
         Row("4:8-sparsegpt+int4", Recipe(pattern="4:8", method="sparsegpt", **g)),
@@ -78,7 +79,7 @@ def run_accuracy(cal: Calibration, eval_bytes: int, window: int, stride: int, on
             "model": DEFAULT_MODEL,
         }
         records.append(rec)
-        say(f"{row.name:<22} perplexity {ppl.perplexity:8.4f}  compress {seconds:6.1f} s")
+        say(f"{row.name:<26} perplexity {ppl.perplexity:8.4f}  compress {seconds:6.1f} s")
     return records
 
 
@@ -118,7 +119,9 @@ def format_markdown(records: list[dict]) -> str:
     for r in records:
         rec = r["recipe"]
         recipe = "-" if rec is None else (
-            f"{'dense' if rec['pattern'] == '1:1' else rec['pattern']} {rec['method']}" + (f" int{rec['bits']} g{rec['group_size']}" if rec["quantized"] else " (fp32 values)"))
+            f"{'dense' if rec['pattern'] == '1:1' else rec['pattern']} {rec['method']}"
+            + (f" int{rec['bits']} g{rec['group_size']}" if rec["quantized"] else " (fp32 values)")
+            + (f" + recover {rec['recover']}" if rec.get("recover") else ""))
         cal = "-" if r["calibration"] is None else f"{r['calibration']['samples']}x{r['calibration']['seq_len']}"
         rel = f"{r['perplexity'] / dense:.3f}x" if dense else "-"
         lines.append(f"| {r['row']} | {r['perplexity']:.4f} | {rel} | {r['bits_per_byte']:.4f} | {recipe} | {cal} | {r['seconds']:.1f} |")

@@ -22,6 +22,7 @@ one Hessian.
 
 from __future__ import annotations
 
+import sys
 import time
 from dataclasses import replace
 
@@ -38,6 +39,7 @@ from ..runtime.modules import set_submodule, target_layers
 from .blocks import HookedBlock, PreNormBlock, decoder_blocks, first_block_inputs
 from .data import Calibration, calibration_tokens
 from .hessian import gram, padded_hessian, squared_norms
+from .recover import recover_block
 
 DEFAULT_BATCH = 8
 
@@ -68,6 +70,8 @@ def compress_model(model: torch.nn.Module, recipe: Recipe | dict | None = None,
     elif isinstance(recipe, dict):
         recipe = Recipe.from_dict(recipe)
     names = target_layers(model, recipe)
+    if recipe.recover and not quantize:
+        raise ModelError("recover tunes compressed layers' codes and scales; accepted: quantize=True")
     if not names:
         raise ModelError(f"no linear layer matches targets {recipe.targets!r} outside ignore {list(recipe.ignore)}")
     if not quantize and not recipe.needs_calibration and calibration is None:
@@ -113,6 +117,11 @@ def compress_block(block: torch.nn.Module, name: str, inputs: list[torch.Tensor]
     names = {n: m for n, m in block.named_modules()
              if isinstance(m, torch.nn.Linear) and recipe.selects(f"{name}.{n}")}
     compressed: dict[str, NMQLinear] = {}
+    recover = bool(recipe.recover and quantize and names)
+    if recover:
+        # the targets: the dense block on the inputs the compressed model gives it
+        kept_inputs = list(inputs)
+        targets = HookedBlock(block, names, kept_inputs, kwargs).outputs()
     # The block run frees each stage's activations as soon as the next stage has them (its own list).
     run = PreNormBlock.recognize(block, names, list(inputs), kwargs) or HookedBlock(block, names, inputs, kwargs)
     if recipe.method.compensates:
@@ -121,7 +130,8 @@ def compress_block(block: torch.nn.Module, name: str, inputs: list[torch.Tensor]
             bar.show(name, group)
             h = gram(xs, names[group[0]].in_features)
             compressed.update(_compress_group({n: names[n] for n in group}, h, recipe, quantize))
-        outputs = run.outputs()
+        outputs = None if recover else run.outputs()
+        del run
     else:
         # Wanda updates no weight, so, as in Wanda's reference code, every layer's statistics (diag(X^T X),
         # all its score uses) come from one run of the block as it arrives (later layers do not see the
@@ -134,7 +144,17 @@ def compress_block(block: torch.nn.Module, name: str, inputs: list[torch.Tensor]
             bar.show(name, group)
             compressed.update(_compress_group({n: names[n] for n in group}, d, recipe, quantize))
         del norms
-        outputs = HookedBlock(block, names, inputs, kwargs).outputs()
+        outputs = None if recover else HookedBlock(block, names, inputs, kwargs).outputs()
+    if recover:
+        t0 = time.perf_counter()
+        index = name.rpartition(".")[2]
+        compressed, before, after = recover_block(block, compressed, kept_inputs, kwargs, targets, recipe,
+                                                  seed=int(index) if index.isdigit() else 0,
+                                                  note=lambda text: bar.show_text(f"{name} {text}"))
+        del targets
+        outputs = HookedBlock(block, names, kept_inputs, kwargs).outputs()
+        bar.say(f"{name}: recovery, block output error {before:.4g} -> {after:.4g} "
+                f"({recipe.recover} passes, {time.perf_counter() - t0:.0f} s)")
     # Swapped only now: until the block's end, later layers run on the dequantized weights written in place.
     for n, layer in compressed.items():
         set_submodule(block, n, layer)
@@ -144,7 +164,7 @@ def compress_block(block: torch.nn.Module, name: str, inputs: list[torch.Tensor]
 
 def compress_outside_blocks(model: torch.nn.Module, prefix: str, recipe: Recipe, quantize: bool) -> None:
     """Selected linear layers outside the blocks (lm_head when asked): no captured inputs, so magnitude + RTN."""
-    outside = replace(recipe, method="magnitude")
+    outside = replace(recipe, method="magnitude", recover=0)
     for n in target_layers(model, recipe):
         if n.startswith(prefix + "."):
             continue
@@ -222,6 +242,14 @@ class BlockBar:
         if self.bar is not None:
             self.bar.set_postfix_str(f"{block} {','.join(g.split('.')[-1] for g in group)} "
                                      f"{time.perf_counter() - self.start:.0f}s")
+
+    def show_text(self, text: str) -> None:
+        if self.bar is not None:
+            self.bar.set_postfix_str(f"{text} {time.perf_counter() - self.start:.0f}s")
+
+    def say(self, text: str) -> None:
+        if self.bar is not None:
+            self.bar.write(text, file=sys.stderr)
 
     def step(self) -> None:
         if self.bar is not None:

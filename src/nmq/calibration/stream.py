@@ -36,10 +36,10 @@ from pathlib import Path
 
 import torch
 
-from ..files import check_new_output
 from ..compress.recipe import Recipe
 from ..compress.weight import compress_with
 from ..errors import FormatError, ModelError, NMQError
+from ..files import check_new_output
 from ..format.file import TensorFileWriter, dtype_of, read_safetensors_header
 from ..format.tensor import NMQTensor
 from ..models.checkpoint import (

@@ -70,6 +70,10 @@ def add_parsers(sub, common: argparse.ArgumentParser) -> None:
                         "slow on CPU; dense matrices stored as bfloat16 when the source is float32)")
     p.add_argument("--damp", type=float, default=0.01, help="Hessian damping, fraction of its mean diagonal (default 0.01)")
     p.add_argument("--act-order", action="store_true", help="GPTQ: process columns by decreasing activation energy")
+    p.add_argument("--recover", type=int, default=0, metavar="PASSES",
+                   help="after each block is compressed, tune its kept values and scales (masks fixed) for PASSES "
+                        "passes over the calibration samples so that its output matches the dense block's "
+                        "(calibrated methods; default 0: none)")
     p.add_argument("--targets", default=".*", metavar="REGEX", help="compress linear layers whose name matches (default all)")
     p.add_argument("--ignore", action="append", default=[], metavar="REGEX", help="leave matching layers dense (repeatable; lm_head always, unless --compress-lm-head)")
     p.add_argument("--compress-lm-head", action="store_true", help="compress lm_head too")
@@ -133,10 +137,10 @@ def add_parsers(sub, common: argparse.ArgumentParser) -> None:
 
 
 def cmd_compress(args: argparse.Namespace) -> int:
-    from ..files import check_new_output
     from ..calibration.run import compress_model
     from ..calibration.stream import compress_streaming, stream_blocker
     from ..compress.recipe import DEFAULT_IGNORE, Recipe
+    from ..files import check_new_output
     from ..models.checkpoint import save_checkpoint
     from ..models.sources import load_source
     from ..models.summary import format_table, summarize
@@ -146,7 +150,7 @@ def cmd_compress(args: argparse.Namespace) -> int:
     recipe = Recipe(
         pattern=args.pattern, bits=args.bits, group_size=args.group_size, symmetric=not args.asymmetric,
         metadata=args.metadata, method=args.method, targets=args.targets, ignore=ignore,
-        damp=args.damp, act_order=args.act_order,
+        damp=args.damp, act_order=args.act_order, recover=args.recover,
     )
     check_new_output(args.output, args.overwrite)
     if is_weight_file(args.source):

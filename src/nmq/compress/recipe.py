@@ -39,6 +39,9 @@ class Recipe:
     ``bits=16`` prunes only: ``quant`` is None, the kept values are stored as
     16-bit floats, ``group_size`` is held as -1 (whatever was given: there is
     nothing to group) and the method must be a pruning rule alone.
+
+    ``recover``: passes over the calibration samples of block-wise recovery
+    after each block is compressed (:mod:`nmq.calibration.recover`; 0: none).
     """
 
     pattern: Pattern = "2:4"
@@ -49,6 +52,7 @@ class Recipe:
     method: Method = "magnitude"
     damp: float = 0.01
     act_order: bool = False
+    recover: int = 0
     targets: str = r".*"
     ignore: tuple[str, ...] = field(default=DEFAULT_IGNORE)
     quant: QuantSpec | None = field(init=False, repr=False, compare=False)
@@ -76,6 +80,11 @@ class Recipe:
         object.__setattr__(self, "method", method)
         if not 0 < self.damp < 1:
             raise RecipeError(f"recipe: damp {self.damp} is out of range; accepted: 0 < damp < 1 (default 0.01)")
+        if not (isinstance(self.recover, int) and 0 <= self.recover <= 100):
+            raise RecipeError(f"recipe: recover {self.recover!r}; accepted: 0 (no recovery) to 100 passes")
+        if self.recover and not method.needs_calibration:
+            raise RecipeError(f"recipe: recover tunes blocks on calibration data, and method {method.name!r} takes "
+                              "none; accepted with recover: wanda, sparsegpt, gptq, wanda+gptq")
         object.__setattr__(self, "ignore", tuple(self.ignore))
         for rx in (self.targets, *self.ignore):
             try:

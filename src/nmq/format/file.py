@@ -30,8 +30,8 @@ from pathlib import Path
 
 import torch
 
-from ..files import atomic_file
 from ..errors import FormatError
+from ..files import atomic_file
 
 FORMAT_NAME = "nmq"
 FORMAT_VERSION = 1

@@ -30,9 +30,9 @@ from pathlib import Path
 
 import torch
 
-from ..files import atomic_dir
 from ..compress.recipe import Recipe
 from ..errors import FormatError, ModelError
+from ..files import atomic_dir
 from ..format.file import save_file
 from ..format.load import TensorFile, load_file
 from ..runtime.linear import NMQLinear

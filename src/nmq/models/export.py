@@ -32,8 +32,8 @@ from pathlib import Path
 
 import torch
 
-from ..files import atomic_dir, check_new_output
 from ..errors import FormatError, ModelError
+from ..files import atomic_dir, check_new_output
 from ..format import bitpack
 from ..format.file import unshare_storage
 from ..format.tensor import NMQTensor

@@ -62,8 +62,8 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from ..files import atomic_file, check_new_output
 from ..errors import FormatError, ModelError
+from ..files import atomic_file, check_new_output
 from ..format.tensor import NMQTensor
 from .checkpoint import read_checkpoint
 from .gguf import GGUF_BUILTINS, builtin_gguf_path, is_gguf

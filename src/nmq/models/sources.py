@@ -9,7 +9,13 @@ import torch
 
 from ..errors import ModelError
 from .builtin import BUILTIN_CONFIGS, builtin_model
-from .gguf import GGUF_BUILTINS, builtin_gguf_path, converted_directory, is_gguf, load_gguf
+from .gguf import (
+    GGUF_BUILTINS,
+    builtin_gguf_path,
+    converted_directory,
+    is_gguf,
+    load_gguf,
+)
 
 LOAD_DTYPES = ("auto", "float32", "bfloat16", "float16")
 BUILTIN_NAMES = (*BUILTIN_CONFIGS, *GGUF_BUILTINS)

@@ -15,10 +15,10 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from ..files import check_new_output
 from ..compress.recipe import Recipe
 from ..compress.weight import as_weight, compress_with
 from ..errors import ModelError, NMQError
+from ..files import check_new_output
 from ..format.file import save_file
 
 WEIGHT_SUFFIXES = (".npy", ".safetensors", ".pt", ".pth")
