@@ -4,11 +4,14 @@ For measuring streamed compression on a model larger than what fits beside its
 fp32 copy in memory:
 
     .venv/bin/python scripts/llama7b-checkpoint.py /tmp/llama7b            # 32 blocks, ~13.5 GB
-    .venv/bin/python scripts/llama7b-checkpoint.py /tmp/llama7b-4 --layers 4
+    .venv/bin/python scripts/llama7b-checkpoint.py /tmp/llama7b-4 --layers 4 --vocab 256
+    nmq compress /tmp/llama7b-4 -o /tmp/l7-4-sgpt --method sparsegpt   # byte-level: calibrates on bytes
     /usr/bin/time -v nmq compress /tmp/llama7b -o /tmp/l7-2of4 --method magnitude
 
 Weights are N(0, 0.02) (the embedding and head too), seeded; the tokenizer is
-left out (compression and `nmq inspect` need none).
+left out: data-free compression and `nmq inspect` need none, and with
+`--vocab 256` the model is byte-level, so calibrated methods (wanda,
+sparsegpt, gptq) draw their samples from text as bytes.
 """
 
 from __future__ import annotations
@@ -26,12 +29,14 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("out", type=Path, help="directory to write (must not exist)")
     p.add_argument("--layers", type=int, default=32, help="decoder blocks (default 32, LLaMA-7B's)")
     p.add_argument("--shard", default="2GB", help="largest shard (default 2GB)")
+    p.add_argument("--vocab", type=int, default=32000,
+                   help="vocabulary size (default 32000, LLaMA's; 256 makes the model byte-level)")
     p.add_argument("--seed", type=int, default=0)
     args = p.parse_args(argv)
     if args.out.exists():
         print(f"llama7b-checkpoint: {args.out} exists; accepted: a new directory", file=sys.stderr)
         return 2
-    config = LlamaConfig(vocab_size=32000, hidden_size=4096, intermediate_size=11008, num_hidden_layers=args.layers,
+    config = LlamaConfig(vocab_size=args.vocab, hidden_size=4096, intermediate_size=11008, num_hidden_layers=args.layers,
                          num_attention_heads=32, num_key_value_heads=32, max_position_embeddings=4096,
                          tie_word_embeddings=False, torch_dtype="bfloat16")
     torch.manual_seed(args.seed)
