@@ -37,7 +37,7 @@ def recovered(tokens):
     def spy(block, layers, *args, **kwargs):
         given = {n: m.nmq_weight for n, m in layers.items()}
         out = real(block, layers, *args, **kwargs)
-        calls.append((given, {n: m.nmq_weight for n, m in out[0].items()}, *out[1:]))
+        calls.append((given, {n: m.nmq_weight for n, m in out[0].items()}, *out[2:]))
         return out
 
     run.recover_block = spy

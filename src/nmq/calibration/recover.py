@@ -95,9 +95,8 @@ class _Layer:
             padded = torch.zeros(t.out_features, t.padded_in).scatter_(1, self.positions, self.values)
             keep = torch.zeros(t.out_features, t.padded_in, dtype=torch.bool)
             keep.scatter_(1, self.positions, True)
-            if t.is_float:
-                return from_mask(padded, keep, t.pattern, None, t.metadata, t.in_features,
-                                 source_dtype=t.value_dtype if t.value_dtype == torch.bfloat16 else torch.float32)
+            if t.is_float:  # from_mask picks the value type from the source's: the stored one maps to itself
+                return from_mask(padded, keep, t.pattern, None, t.metadata, t.in_features, source_dtype=t.value_dtype)
             scales = self.scales().half()
             zeros = None if t.symmetric else t.zero_codes()
             return from_mask(padded, keep, t.pattern, recipe.quant, t.metadata, t.in_features, scales, zeros)
@@ -105,11 +104,13 @@ class _Layer:
 
 def recover_block(block: torch.nn.Module, layers: dict[str, NMQLinear], inputs: list[torch.Tensor],
                   kwargs: list[dict], targets: list[torch.Tensor], recipe: Recipe, seed: int,
-                  note: Callable[[str], None] | None = None) -> tuple[dict[str, NMQLinear], float, float]:
+                  note: Callable[[str], None] | None = None
+                  ) -> tuple[dict[str, NMQLinear], list[torch.Tensor], float, float]:
     """Tune ``layers`` (the block's compressed layers by name, their dense weights still in the block) for
     ``recipe.recover`` passes over the samples. Sets each layer's ``nn.Linear`` weight to what the re-encoded
-    layer computes and returns (re-encoded layers, relative error before, after); where the tuned block is no
-    better on the samples, the layers it came with (after = before)."""
+    layer computes and returns (re-encoded layers, the block's outputs on ``inputs`` with them, relative error
+    before, after); where the tuned block is no better on the samples, the layers it came with (after =
+    before)."""
     trained = {n: _Layer(layer.nmq_weight) for n, layer in layers.items()}
     dtypes = {n: block.get_submodule(n).weight.dtype for n in layers}
     chunks = _micro_batches(inputs, kwargs, targets)
@@ -117,7 +118,7 @@ def recover_block(block: torch.nn.Module, layers: dict[str, NMQLinear], inputs: 
     for p in frozen:
         p.requires_grad_(False)
     try:
-        before = _error(block, chunks, {})
+        before, _ = _run(block, chunks)
         opt = torch.optim.Adam([g for t in trained.values() for g in t.params()])
         gen = torch.Generator().manual_seed(seed)
         steps = recipe.recover * len(chunks)
@@ -140,15 +141,18 @@ def recover_block(block: torch.nn.Module, layers: dict[str, NMQLinear], inputs: 
                 note(f"recover {step + 1}/{steps} loss {loss.item():.4g} eta {eta:.0f}s")
         encoded = {n: t.encode(recipe) for n, t in trained.items()}
         _set_weights(block, encoded)
-        after = _error(block, chunks, {})
+        after, outs = _run(block, chunks)
         if not after < before:
             # never worse than one-shot on the calibration samples: the block keeps the layers it came with
             _set_weights(block, {n: layer.nmq_weight for n, layer in layers.items()})
-            return dict(layers), before, before
+            _, outs = _run(block, chunks)
+            layers_out, after = dict(layers), before
+        else:
+            layers_out = {n: NMQLinear(t, layers[n].bias) for n, t in encoded.items()}
     finally:
         for p in frozen:
             p.requires_grad_(True)
-    return {n: NMQLinear(t, layers[n].bias) for n, t in encoded.items()}, before, after
+    return layers_out, _rebatch(outs, inputs), before, after
 
 
 def _set_weights(block: torch.nn.Module, tensors: dict[str, NMQTensor]) -> None:
@@ -177,11 +181,23 @@ def _slice(v, i: int, b: int):
 
 
 @torch.no_grad()
-def _error(block, chunks, weights) -> float:
-    """Relative squared error of the block's outputs over all samples."""
+def _run(block, chunks) -> tuple[float, list[torch.Tensor]]:
+    """The block's outputs on every micro-batch, and their squared error relative to the targets'."""
     num = den = 0.0
+    outs = []
     for x, kw, y in chunks:
-        out = block_output(torch.func.functional_call(block, weights, (x,), kw) if weights else block(x, **kw))
+        out = block_output(block(x, **kw))
         num += float((out.float() - y).pow(2).sum())
         den += float(y.pow(2).sum())
-    return num / den if den else math.nan
+        outs.append(out)
+    return (num / den if den else math.nan), outs
+
+
+def _rebatch(outs: list[torch.Tensor], inputs: list[torch.Tensor]) -> list[torch.Tensor]:
+    """Micro-batch outputs joined back into the batches of ``inputs`` (the next block's inputs)."""
+    joined, i = [], 0
+    for x in inputs:
+        parts = -(-x.shape[0] // MICRO_BATCH)
+        joined.append(torch.cat(outs[i : i + parts]))
+        i += parts
+    return joined

@@ -148,11 +148,10 @@ def compress_block(block: torch.nn.Module, name: str, inputs: list[torch.Tensor]
     if recover:
         t0 = time.perf_counter()
         index = name.rpartition(".")[2]
-        compressed, before, after = recover_block(block, compressed, kept_inputs, kwargs, targets, recipe,
-                                                  seed=int(index) if index.isdigit() else 0,
-                                                  note=lambda text: bar.show_text(f"{name} {text}"))
-        del targets
-        outputs = HookedBlock(block, names, kept_inputs, kwargs).outputs()
+        compressed, outputs, before, after = recover_block(block, compressed, kept_inputs, kwargs, targets, recipe,
+                                                           seed=int(index) if index.isdigit() else 0,
+                                                           note=lambda text: bar.show_text(f"{name} {text}"))
+        del targets, kept_inputs
         bar.say(f"{name}: recovery, block output error {before:.4g} -> {after:.4g} "
                 f"({recipe.recover} passes, {time.perf_counter() - t0:.0f} s)")
     # Swapped only now: until the block's end, later layers run on the dequantized weights written in place.
@@ -239,9 +238,7 @@ class BlockBar:
             self.bar = tqdm(total=total, initial=done, desc="calibrate", unit="block", leave=False, dynamic_ncols=True)
 
     def show(self, block: str, group: list[str]) -> None:
-        if self.bar is not None:
-            self.bar.set_postfix_str(f"{block} {','.join(g.split('.')[-1] for g in group)} "
-                                     f"{time.perf_counter() - self.start:.0f}s")
+        self.show_text(f"{block} {','.join(g.split('.')[-1] for g in group)}")
 
     def show_text(self, text: str) -> None:
         if self.bar is not None:

