@@ -44,6 +44,8 @@ needs_triton = pytest.mark.skipif(not HAVE_TRITON, reason="triton is not install
 needs_cuda = pytest.mark.skipif(not torch.cuda.is_available(), reason="no CUDA device: GPU-only path")
 
 CONTRACT = 1e-3
+# Where the kernels run: the GPU when there is one, else CPU tensors through the interpreter.
+DEVICE = "cuda" if torch.cuda.is_available() else "cpu"
 
 
 def rel_err(y: torch.Tensor, ref: torch.Tensor) -> float:
@@ -61,7 +63,7 @@ def make(rng, out, k, pattern, group, symmetric, bits=4, metadata="rank"):
 def run_kernel(t, x, config=None, vector=None):
     from nmq.kernels.triton.launch import pack_weight, triton_matmul
 
-    return triton_matmul(x, pack_weight(t, "cpu"), config=config, vector=vector)
+    return triton_matmul(x.to(DEVICE), pack_weight(t, DEVICE), config=config, vector=vector)
 
 
 def reference(x, t):
@@ -228,8 +230,8 @@ def test_backend_reads_compressed_bytes_only(rng):
     t = make(rng, 24, 320, "2:4", 64, symmetric=False, metadata="rank")
     packed = get_backend("triton").prepack(t)
     index = t.with_metadata("index")
-    assert torch.equal(packed.values, t.values) and torch.equal(packed.meta, index.meta)
-    assert torch.equal(packed.zeros, t.zeros) and torch.equal(packed.scales, t.scales)
+    assert torch.equal(packed.values.cpu(), t.values) and torch.equal(packed.meta.cpu(), index.meta)
+    assert torch.equal(packed.zeros.cpu(), t.zeros) and torch.equal(packed.scales.cpu(), t.scales)
     assert packed.nbytes == index.nbytes < t.out_features * t.in_features  # under one byte per weight
 
 
@@ -286,7 +288,7 @@ COMPILE_SCRIPT = textwrap.dedent("""
     ]
     for kernel, pattern, variant, arch in cases:
         names = kernel.arg_names
-        const = dict(BITS=4, GROUP=64, NGROUPS=4, UPCAST=False, IEEE=False, BLOCK_O=64, BLOCK_K=64)
+        const = dict(BITS=4, GROUP=64, UPCAST=False, IEEE=False, BLOCK_O=64, BLOCK_K=64)
         const.update(pattern, **variant)
         ptrs = dict(PTRS, x_ptr="*fp32" if const["IEEE"] else "*fp16")
         sig = {n: "constexpr" if n in const else ptrs.get(n, "i32") for n in names}
@@ -399,6 +401,34 @@ def test_gpu_bench_options():
     assert gpu._copies(32 << 20, 50 << 20, 1) == 7  # 4x a 50 MB L2 over a 32 MB fp16 4096x4096
 
 
+def test_gpu_bench_times_graphs_and_eager_side_by_side(monkeypatch, tmp_path):
+    # The timing logic without a GPU: CUDA events and graph capture replaced by counters.
+    import json
+
+    from nmq.bench import gpu
+
+    class Graph:
+        def replay(self):
+            calls.append("replay")
+
+    calls = []
+    monkeypatch.setattr(torch.cuda, "synchronize", lambda: None)
+    monkeypatch.setattr(gpu, "capture", lambda case, x: (None, "RuntimeError: no capture") if case.name == "b"
+                        else (Graph(), None))
+    monkeypatch.setattr(gpu, "_event_ms", lambda fn: (fn(), 2.0 if calls[-1] == "replay" else 6.0)[1])
+    cases = [gpu.Case("cublas-fp16", "torch", 1, [lambda x: calls.append("a")] * 2),
+             gpu.Case("b", "triton", 1, [lambda x: calls.append("b")] * 3)]
+    timed = gpu._time(cases, torch.ones(1), runs=10, warmup=1)
+    a, b = timed["cublas-fp16"], timed["b"]
+    assert (a["timing"], a["graph_ms"], a["eager_ms"], a["median_ms"]) == ("graph", 1.0, 3.0, 1.0)
+    assert (b["timing"], b["graph_ms"], b["eager_ms"], b["median_ms"]) == ("eager", None, 2.0, 2.0)
+    assert b["graph_error"] == "RuntimeError: no capture" and calls.count("replay") == 10
+    assert gpu._ratio(a, b) == 1.5 and gpu._ratio(a, a) == 1.0  # eager over eager when one was not captured
+    records = [{"name": "b", **b}]
+    gpu.write_records(tmp_path / "r.json", records)
+    assert json.loads((tmp_path / "r.json").read_text()) == records and len(list(tmp_path.iterdir())) == 1
+
+
 @needs_triton
 @pytest.mark.parametrize("pattern,tokens", [("2:4", 3), ("dense", 17)])
 def test_gpu_host_path_autotunes_prunes_and_splits(rng, monkeypatch, pattern, tokens):
@@ -424,7 +454,19 @@ def test_gpu_host_path_autotunes_prunes_and_splits(rng, monkeypatch, pattern, to
     monkeypatch.setattr(launch, "TUNED", tuned)
     t = make(rng, 40, 320, pattern, 64, symmetric=False)
     x = torch.randn(tokens, 320, generator=rng).half()
-    y = launch.triton_matmul(x, launch.pack_weight(t, "cpu"))
+    y = launch.triton_matmul(x.to(DEVICE), launch.pack_weight(t, DEVICE))
     assert rel_err(y, reference(x, t)) < CONTRACT
     chosen = tuned[(t.pattern.is_dense and "dense" or "nm", tokens <= launch.SMALL_BATCH)].best_config
     assert chosen.kwargs["BLOCK_K"] <= 64  # K tiles of 128 straddle groups of 64 and were pruned
+
+
+@pytest.mark.skipif(torch.cuda.is_available(), reason="checks how the GPU check ends on a machine without CUDA")
+def test_gpu_check_script_ends_with_one_line_without_a_gpu(tmp_path):
+    from pathlib import Path
+
+    script = Path(__file__).resolve().parents[2] / "scripts" / "gpu-check.sh"
+    run = subprocess.run(["bash", str(script)], capture_output=True, text=True, timeout=120,
+                         env={**os.environ, "PYTHON": sys.executable, "OUT": str(tmp_path)})
+    assert run.returncode == 2, run.stdout + run.stderr
+    assert run.stdout.strip().splitlines()[-1].startswith("gpu-check: no CUDA device is visible")
+    assert (tmp_path / "env.txt").exists() and not (tmp_path / "tests.log").exists()  # stopped before any test

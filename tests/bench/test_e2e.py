@@ -101,6 +101,23 @@ def test_e2e_cli_rejects_unknown_configs(capsys):
     assert "accepted" in capsys.readouterr().err
 
 
+@pytest.mark.parametrize("argv,words", [(["--layers", "2"], "--layers and --out are for --device cuda")] + (
+    [] if torch.cuda.is_available() else [(["--device", "cuda"], "needs a CUDA device")]))
+def test_e2e_gpu_options_fail_in_one_line(capsys, argv, words):
+    assert main(["bench", "e2e", *argv]) == 2
+    err = capsys.readouterr().err.strip()
+    assert words in err and "\n" not in err
+
+
+def test_e2e_gpu_configs_are_checked_by_name():
+    from nmq.bench.gpu_decode import GPU_CONFIGS, parse_gpu_configs
+
+    assert [c.name for c in parse_gpu_configs(None)] == list(GPU_CONFIGS)
+    assert parse_gpu_configs("nmq-2:4-int4")[0].backend == "triton"
+    with pytest.raises(BenchError, match="accepted: torch-fp16"):
+        parse_gpu_configs("nmq-2:4-int4,marlin")
+
+
 def test_fpga_rows_come_from_the_cycle_model():
     dense = fpga_estimate(CONFIGS["fpga-model-dense-int4"], "llama-7b")
     sparse = fpga_estimate(CONFIGS["fpga-model-2:4-int4"], "llama-7b")

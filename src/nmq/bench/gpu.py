@@ -16,11 +16,20 @@ decoder layer (``llama-7b``: 4096x4096, 11008x4096, 4096x11008), both
 Every figure is the median over ``--runs`` passes (after ``--warmup`` passes,
 which also run Triton's autotuning) of CUDA-event time for one pass over
 enough copies of the weight that they exceed four times the L2 cache (or
-``--layers`` copies if that is more), divided by the copies. Each record::
+``--layers`` copies if that is more), divided by the copies. A pass is timed
+twice, both ways interleaved: replayed from a CUDA graph (``graph_ms``: the
+kernels' device time, as a serving engine that captures its decode step sees
+it) and launched from Python (``eager_ms``: each call's host work included;
+on a slow host a batch-1 kernel waits for its own launch). ``median_ms`` and
+the ratios are the graph's figures where the pass could be captured, else the
+eager ones (``timing`` says which, ``graph_error`` why not). Each record::
 
-    {"name", "backend", "shape", "batch", "median_ms", "speedup_vs_cublas",
-     "weight_bytes", "bytes", "gb_s", "tflops", "bw_fraction", "tflops_fraction",
-     "floor_ms", "copies", "device"}
+    {"name", "backend", "shape", "batch", "median_ms", "graph_ms", "eager_ms", "timing",
+     "speedup_vs_cublas", "weight_bytes", "bytes", "gb_s", "tflops", "bw_fraction",
+     "tflops_fraction", "floor_ms", "copies", "device"}
+
+``--out FILE`` writes the records so far after every batch, so a run cut
+short still leaves what it measured.
 
 ``bytes`` counts the weight bytes as stored plus fp16 activations and the
 output; ``tflops`` counts the dense-equivalent ``2 * batch * out * in``
@@ -70,6 +79,7 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--runs", type=int, default=20, help="timed passes per row, at least 10 (default 20)")
     p.add_argument("--warmup", type=int, default=3, help="untimed passes first, autotuning included (default 3)")
     p.add_argument("--json", action="store_true", help="print the records as a JSON list")
+    p.add_argument("--out", metavar="FILE", help="also write the records as JSON to FILE, rewritten after every batch")
 
 
 @dataclass
@@ -82,6 +92,29 @@ class Case:
     def run(self, x: torch.Tensor) -> None:
         for call in self.calls:
             call(x)
+
+
+@dataclass
+class Timed:
+    """One case's pass on one input: eager, and from a CUDA graph where it could be captured."""
+
+    case: Case
+    graph: torch.cuda.CUDAGraph | None
+    graph_error: str | None
+    eager: list[float]
+    replayed: list[float]
+
+
+def capture(case: Case, x: torch.Tensor) -> tuple[torch.cuda.CUDAGraph | None, str | None]:
+    """A CUDA graph of one pass of ``case`` (after its warm-up), or None and the first line of why not."""
+    graph = torch.cuda.CUDAGraph()
+    try:
+        with torch.cuda.graph(graph):
+            case.run(x)
+    except Exception as exc:  # noqa: BLE001 - a kernel that cannot be captured is timed eagerly instead
+        torch.cuda.synchronize()
+        return None, (f"{type(exc).__name__}: {exc}".splitlines() or [""])[0][:200]
+    return graph, None
 
 
 def run_gpu(args: argparse.Namespace) -> int:
@@ -115,15 +148,16 @@ def _run(args: argparse.Namespace) -> list[dict]:
         cases = _build(out, k, kernels, l2, min_copies, gen)
         for batch in batches:
             x = torch.randn(batch, k, generator=gen).half().cuda()
-            times = _time(cases, x, runs, warmup)
-            base = times.get("cublas-fp16")
+            timed = _time(cases, x, runs, warmup)
+            base = timed.get("cublas-fp16")
             for case in cases:
-                ms = times[case.name]
+                t = timed[case.name]
+                ms = t["median_ms"]
                 moved = case.weight_bytes + 2 * batch * k + 4 * batch * out
                 flops = 2 * batch * out * k
                 records.append({
-                    "name": case.name, "backend": case.backend, "shape": [out, k], "batch": batch,
-                    "median_ms": ms, "speedup_vs_cublas": (base / ms) if base else None,
+                    "name": case.name, "backend": case.backend, "shape": [out, k], "batch": batch, **t,
+                    "speedup_vs_cublas": _ratio(base, t),
                     "weight_bytes": case.weight_bytes, "bytes": moved,
                     "gb_s": moved / ms / 1e6, "tflops": flops / ms / 1e9,
                     "bw_fraction": moved / ms / 1e-3 / bandwidth, "tflops_fraction": flops / ms / 1e-3 / peak,
@@ -131,6 +165,8 @@ def _run(args: argparse.Namespace) -> list[dict]:
                     "copies": len(case.calls), "device": device,
                 })
             note(f"  batch {batch}: done")
+            if getattr(args, "out", None):
+                write_records(args.out, records)
         del cases
         torch.cuda.empty_cache()
     return records
@@ -259,16 +295,45 @@ def _median_s(fn: Callable[[], object], runs: int) -> float:
     return statistics.median([_event_ms(fn) for _ in range(runs + 2)][2:]) / 1e3
 
 
-def _time(cases: list[Case], x: torch.Tensor, runs: int, warmup: int) -> dict[str, float]:
+def _time(cases: list[Case], x: torch.Tensor, runs: int, warmup: int) -> dict[str, dict]:
+    """Per case: ``median_ms`` (graph where captured, else eager), ``graph_ms``, ``eager_ms``, ``timing``."""
     for _ in range(warmup):
         for case in cases:
             case.run(x)
     torch.cuda.synchronize()
-    samples: dict[str, list[float]] = {c.name: [] for c in cases}
+    timed = [Timed(case, *capture(case, x), [], []) for case in cases]
     for _ in range(runs):
-        for case in cases:
-            samples[case.name].append(_event_ms(partial(case.run, x)) / len(case.calls))
-    return {name: statistics.median(v) for name, v in samples.items()}
+        for t in timed:
+            copies = len(t.case.calls)
+            t.eager.append(_event_ms(partial(t.case.run, x)) / copies)
+            if t.graph is not None:
+                t.replayed.append(_event_ms(t.graph.replay) / copies)
+    out = {}
+    for t in timed:
+        eager = statistics.median(t.eager)
+        graph = statistics.median(t.replayed) if t.replayed else None
+        out[t.case.name] = {"median_ms": graph if graph is not None else eager, "graph_ms": graph,
+                            "eager_ms": eager, "timing": "graph" if graph is not None else "eager",
+                            "graph_error": t.graph_error}
+    del timed
+    return out
+
+
+def _ratio(base: dict | None, t: dict) -> float | None:
+    """cuBLAS's time over this one's, both timed the same way (graph where both were captured)."""
+    if base is None:
+        return None
+    if base["graph_ms"] is not None and t["graph_ms"] is not None:
+        return base["graph_ms"] / t["graph_ms"]
+    return base["eager_ms"] / t["eager_ms"]
+
+
+def write_records(path: str, records: list[dict]) -> None:
+    """``records`` as a JSON list at ``path``, replaced whole (never half-written)."""
+    from ..files import atomic_file
+
+    with atomic_file(path) as tmp:
+        tmp.write_text(json.dumps(records, indent=2))
 
 
 def measure_bandwidth(nbytes: int = 1 << 30, runs: int = 10) -> float:
@@ -288,13 +353,14 @@ def measure_fp16_peak(n: int = 8192, runs: int = 10) -> float:
 def format_table(records: list[dict]) -> str:
     if not records:
         return "no kernel could run here"
-    head = (f"{'kernel':<26} {'shape':>11} {'batch':>5} {'ms':>9} {'x cuBLAS':>8} "
+    head = (f"{'kernel':<26} {'shape':>11} {'batch':>5} {'ms':>9} {'eager ms':>9} {'x cuBLAS':>8} "
             f"{'GB/s':>7} {'%BW':>5} {'TFLOP/s':>8} {'%peak':>6} {'floor ms':>9}")
     lines = [f"device: {records[0]['device']}", head, "-" * len(head)]
     for r in records:
         speed = f"{r['speedup_vs_cublas']:.2f}" if r["speedup_vs_cublas"] else "-"
         lines.append(
-            f"{r['name']:<26} {'x'.join(map(str, r['shape'])):>11} {r['batch']:>5} {r['median_ms']:>9.4f} {speed:>8} "
+            f"{r['name']:<26} {'x'.join(map(str, r['shape'])):>11} {r['batch']:>5} {r['median_ms']:>9.4f} "
+            f"{r['eager_ms']:>9.4f} {speed:>8} "
             f"{r['gb_s']:>7.0f} {100 * r['bw_fraction']:>5.0f} {r['tflops']:>8.1f} {100 * r['tflops_fraction']:>6.1f} "
             f"{r['floor_ms']:>9.4f}"
         )

@@ -99,6 +99,8 @@ def add_parser(subparsers: argparse._SubParsersAction, common_parent: argparse.A
     p.add_argument("--warmup", type=int, default=2, help="untimed passes first (default 2)")
     p.add_argument("--bandwidth", type=float, metavar="GB/S", help="read bandwidth for the floor (default: measured)")
     p.add_argument("--json", action="store_true", help="print the records as a JSON list")
+    p.add_argument("--out", metavar="FILE", help="cuda only: also write the records to FILE as JSON, rewritten after "
+                   "every batch (a run cut short keeps what it measured)")
     p.set_defaults(func=run_kernels)
     return p
 
@@ -107,6 +109,8 @@ def run_kernels(args: argparse.Namespace) -> int:
     """Entry point of ``nmq bench kernels``; returns the exit status."""
     if args.device == "cuda":
         return run_gpu(args)
+    if args.out:
+        raise BenchError("--out is for --device cuda; on cpu use --json and redirect it")
     shapes = select_shapes(args.shape, args.shapes or "llama-7b", {"llama-7b": linear_shapes("llama-7b")})
     batches = parse_ints(args.batch or "1,16,128", "--batch", 4096)
     kernels = parse_names(args.kernels, "--kernels", ALL_KERNELS) if args.kernels else list(ALL_KERNELS)

@@ -63,7 +63,7 @@ def random_nmq_tensor(out: int, k: int, pattern: Pattern, bits: int, group_size:
 
 def llama_model(shape: dict, recipe: Recipe | None, seed: int = 0, dtype: torch.dtype = torch.float32,
                 backend: str = "auto", release_source: bool = False, head: Recipe | None = None,
-                path: str = "w4a16") -> torch.nn.Module:
+                path: str = "w4a16", device: str = "cpu") -> torch.nn.Module:
     """A LlamaForCausalLM of the given shape with random weights.
 
     With ``recipe`` the selected linear layers are random NMQTensors (no dense
@@ -71,12 +71,14 @@ def llama_model(shape: dict, recipe: Recipe | None, seed: int = 0, dtype: torch.
     ``release_source`` only the packed form is kept (inference-only, about half
     the memory). ``head``, if given, compresses ``lm_head`` with its own recipe
     (e.g. dense INT4); ``path`` is the layers' numeric path. Without ``recipe`` every weight is dense in ``dtype``;
-    the weights that stay dense are in ``dtype`` either way.
+    the weights that stay dense are in ``dtype`` either way, made on ``device`` (a GPU draws a 7B model's
+    in seconds; its random numbers differ from the CPU's) with the rest of the model moved there.
     """
     from transformers import LlamaConfig, LlamaForCausalLM
 
     config = LlamaConfig(**shape, tie_word_embeddings=False)
     gen = torch.Generator().manual_seed(seed)
+    dense_gen = gen if torch.device(device).type == "cpu" else torch.Generator(device).manual_seed(seed)
     with torch.device("meta"):
         model = LlamaForCausalLM(config)
     compressed = {n: recipe for n in target_layers(model, recipe)} if recipe is not None else {}
@@ -96,10 +98,10 @@ def llama_model(shape: dict, recipe: Recipe | None, seed: int = 0, dtype: torch.
     for name, p in list(model.named_parameters()):
         if p.is_meta:
             if name.endswith("norm.weight") or ".norm" in name or "layernorm" in name:
-                value = torch.ones(p.shape, dtype=dtype)
+                value = torch.ones(p.shape, dtype=dtype, device=device)
             else:
-                value = torch.randn(p.shape, generator=gen, dtype=dtype).mul_(0.02)
+                value = torch.randn(p.shape, generator=dense_gen, dtype=dtype, device=device).mul_(0.02)
             parent, _, leaf = name.rpartition(".")
             setattr(model.get_submodule(parent), leaf, torch.nn.Parameter(value, requires_grad=False))
     materialize_buffers(model)
-    return model.eval()
+    return model.to(device).eval()

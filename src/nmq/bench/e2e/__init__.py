@@ -26,7 +26,9 @@ import argparse
 import json
 
 from ...shapes import SHAPES
-from ..common import at_least
+from .. import gpu_decode
+from ..common import BenchError, at_least
+from ..gpu_decode import GPU_CONFIGS
 from .configs import CONFIGS, DEFAULT_CONFIGS, parse_configs
 from .driver import alone, side_by_side
 from .models import fpga_estimate
@@ -39,10 +41,18 @@ def add_parser(subparsers, common: argparse.ArgumentParser) -> argparse.Argument
         help="decode latency, tokens/s and peak memory of whole models, dense vs compressed",
         description="Decode token by token with random-weight LLaMA-shaped models, one process per configuration; "
                     "the nmq configurations take turns round by round (side by side), the PyTorch baselines run alone.",
-        epilog="examples:\n  nmq bench e2e --model llama-7b --json\n  nmq bench e2e --model tiny --configs nmq-2:4-int4 --backend reference\n",
+        epilog="examples:\n  nmq bench e2e --model llama-7b --json\n  nmq bench e2e --model tiny --configs nmq-2:4-int4 --backend reference\n"
+               "  nmq bench e2e --device cuda --model llama-7b --json   # Triton and cuSPARSELt vs fp16, on a GPU\n",
     )
+    p.add_argument("--device", default="cpu", choices=["cpu", "cuda"],
+                   help="cpu (default): nmq's CPU kernels, one process per configuration; cuda: nmq's Triton kernels "
+                        f"and cuSPARSELt against fp16 PyTorch, in one process (configs {', '.join(GPU_CONFIGS)})")
     p.add_argument("--model", default="llama-7b", choices=sorted(SHAPES), help="model shape (default llama-7b)")
-    p.add_argument("--configs", default=",".join(DEFAULT_CONFIGS), help=f"comma-separated: {', '.join(CONFIGS)}")
+    p.add_argument("--configs", help=f"comma-separated: {', '.join(CONFIGS)} (default {','.join(DEFAULT_CONFIGS)}; "
+                   "on cuda the GPU configurations, all by default)")
+    p.add_argument("--layers", type=int, help="decoder layers of --model (default: all; cuda only)")
+    p.add_argument("--out", metavar="FILE", help="cuda only: also write the records to FILE as JSON, rewritten after "
+                   "every configuration")
     p.add_argument("--prompt-tokens", type=int, default=32, help="prompt length (default 32)")
     p.add_argument("--new-tokens", type=int, default=16, help="decoded tokens (default 16)")
     p.add_argument("--backend", default="auto", help="backend of the nmq configurations (default auto)")
@@ -61,7 +71,14 @@ def add_parser(subparsers, common: argparse.ArgumentParser) -> argparse.Argument
 
 
 def cmd_e2e(args: argparse.Namespace) -> int:
-    configs = parse_configs(args.configs)
+    if args.device == "cuda":
+        records = gpu_decode.run(args)
+        print(json.dumps(records, indent=2) if args.json else gpu_decode.format_table(records))
+        return 0
+    if args.layers is not None or args.out:
+        raise BenchError("--layers and --out are for --device cuda; on cpu every layer of --model decodes, "
+                         "and --json prints the records")
+    configs = parse_configs(args.configs or ",".join(DEFAULT_CONFIGS))
     spec = Spec(args.model, args.prompt_tokens, args.new_tokens, args.backend, args.threads, args.path)
     rounds = at_least(args.rounds, "--rounds", 1)
     verbose = not args.quiet

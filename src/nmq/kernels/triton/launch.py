@@ -166,14 +166,14 @@ def triton_matmul(x: torch.Tensor, w: TritonWeight, config: dict | None = None,
     ieee = x.dtype == torch.float32
     zeros = w.zeros if w.zeros is not None else w.scales  # never read when symmetric
     stride_z = w.zeros.stride(0) if w.zeros is not None else 0
-    common = dict(GROUP=w.group, NGROUPS=w.groups, SYMMETRIC=w.symmetric, UPCAST=upcast, IEEE=ieee, BITS=w.bits)
+    common = dict(GROUP=w.group, SYMMETRIC=w.symmetric, UPCAST=upcast, IEEE=ieee, BITS=w.bits)
     if w.kind == "nm":
         args = (x, w.values, w.meta, w.scales, zeros, y, tokens, out, w.in_features, w.padded_in, _bucket(tokens),
-                x.stride(0), w.values.stride(0), w.meta.stride(0), w.scales.stride(0), stride_z, y.stride(0))
+                w.groups, x.stride(0), w.values.stride(0), w.meta.stride(0), w.scales.stride(0), stride_z, y.stride(0))
         vector = vectorizable(w.n, w.m) if vector is None else vector
         common.update(N=w.n, M=w.m, IDX_BITS=w.index_bits, VECTOR=vector)
     else:
-        args = (x, w.values, w.scales, zeros, y, tokens, out, w.in_features, _bucket(tokens),
+        args = (x, w.values, w.scales, zeros, y, tokens, out, w.in_features, _bucket(tokens), w.groups,
                 x.stride(0), w.values.stride(0), w.scales.stride(0), stride_z, y.stride(0))
     if config is None and not INTERPRET:
         kernel = TUNED[(w.kind, tokens <= SMALL_BATCH)]

@@ -29,13 +29,14 @@ import triton.language as tl
 from .common import accumulate, finish, group_zero, read_bits
 
 
-@triton.jit
+# NGROUPS only picks SCALE_MODE on the host: left unspecialized, shapes of any K share compiled kernels.
+@triton.jit(do_not_specialize=["NGROUPS"])
 def nm_int4_kernel(
     x_ptr, v_ptr, meta_ptr, s_ptr, z_ptr, y_ptr,
-    T, OUT, K, K_PAD, T_BUCKET,
+    T, OUT, K, K_PAD, T_BUCKET, NGROUPS,
     stride_xt, stride_v, stride_meta, stride_s, stride_z, stride_yt,
     N: tl.constexpr, M: tl.constexpr, BITS: tl.constexpr, IDX_BITS: tl.constexpr,
-    GROUP: tl.constexpr, NGROUPS: tl.constexpr, SYMMETRIC: tl.constexpr,
+    GROUP: tl.constexpr, SYMMETRIC: tl.constexpr,
     UPCAST: tl.constexpr, IEEE: tl.constexpr, SCALE_MODE: tl.constexpr, VECTOR: tl.constexpr,
     BLOCK_T: tl.constexpr, BLOCK_O: tl.constexpr, BLOCK_K: tl.constexpr, SPLIT_K: tl.constexpr,
 ):
