@@ -35,14 +35,18 @@ class Row:
 
 def rows() -> list[Row]:
     g = dict(bits=4, group_size=128, symmetric=True)
+    a = dict(g, symmetric=False)
     return [
         Row("dense", None),
         Row("int4-rtn", Recipe(pattern="dense", method="rtn", **g)),
+        Row("int4-rtn-asym", Recipe(pattern="dense", method="rtn", **a)),
         Row("int4-gptq", Recipe(pattern="dense", method="gptq", **g)),
+        Row("int4-gptq-asym", Recipe(pattern="dense", method="gptq", **a)),
         Row("2:4-magnitude", Recipe(pattern="2:4", method="magnitude", **g), quantize=False),
         Row("2:4-wanda", Recipe(pattern="2:4", method="wanda", **g), quantize=False),
         Row("2:4-sparsegpt", Recipe(pattern="2:4", method="sparsegpt", **g), quantize=False),
         Row("2:4-sparsegpt+int4", Recipe(pattern="2:4", method="sparsegpt", **g)),
+        Row("2:4-sparsegpt+int4-asym", Recipe(pattern="2:4", method="sparsegpt", **a)),
         Row("2:4-sparsegpt+int4+recover", Recipe(pattern="2:4", method="sparsegpt", recover=2, **g)),
         Row("4:8-wanda", Recipe(pattern="4:8", method="wanda", **g), quantize=False),
         Row("4:8-sparsegpt", Recipe(pattern="4:8", method="sparsegpt", **g), quantize=False),
