@@ -294,3 +294,13 @@ def test_a_calibrated_compression_of_a_directory_streams_block_by_block(capsys, 
                "--quiet")[0] == 0
     a, b = (load_file(tmp_path / d / "model.nmq.safetensors") for d in ("streamed", "mem"))
     assert sorted(a.compressed) == sorted(b.compressed) and all(a.compressed[n].identical(b.compressed[n]) for n in b.compressed)
+
+
+def test_generate_says_so_when_the_model_ends_at_once(capsys, monkeypatch):
+    # A model whose first token ends the sequence prints no text and has no step to time: say that, not "nan ms".
+    from nmq.runtime import generate
+
+    monkeypatch.setattr(generate, "generate_text", lambda *a, **k: generate.Generation("hi", "", [], 3, float("nan")))
+    code, out, err = run(capsys, "generate", "tiny-llama", "--prompt", "hi", "--chat", "--quiet")
+    assert code == 0 and out.strip() == ""
+    assert "no new tokens: the model ended its answer at once (3 prompt tokens" in err and "nan" not in err

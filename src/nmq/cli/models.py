@@ -310,6 +310,12 @@ def cmd_generate(args: argparse.Namespace) -> int:
                           "chat": args.chat}, indent=2))
     else:
         decoder = "nmq's lean decoder" if r.decoder == "lean" else "the model's own generate"
-        print(f"\n\nprefill {r.prefill_ms:.1f} ms ({r.prompt_tokens} tokens), decode {r.ms_per_token:.2f} ms/token "
-              f"(median of {len(r.decode_ms)}), {r.tokens_per_s:.1f} tokens/s, on {decoder}", file=sys.stderr)
+        if not r.token_ids:
+            # The first token was the end of the sequence: nothing was timed (the end is not printed).
+            print(f"\n\nno new tokens: the model ended its answer at once ({r.prompt_tokens} prompt tokens, "
+                  f"on {decoder})", file=sys.stderr)
+        else:
+            print(f"\n\nprefill {r.prefill_ms:.1f} ms ({r.prompt_tokens} tokens), decode {r.ms_per_token:.2f} "
+                  f"ms/token (median of {len(r.decode_ms)}), {r.tokens_per_s:.1f} tokens/s, on {decoder}",
+                  file=sys.stderr)
     return 0
