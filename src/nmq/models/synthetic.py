@@ -78,7 +78,7 @@ def llama_model(shape: dict, recipe: Recipe | None, seed: int = 0, dtype: torch.
 
     config = LlamaConfig(**shape, tie_word_embeddings=False)
     gen = torch.Generator().manual_seed(seed)
-    dense_gen = gen if torch.device(device).type == "cpu" else torch.Generator(device).manual_seed(seed)
+    dense_gen = gen if torch.device(device).type == "cpu" else torch.Generator(device=device).manual_seed(seed)
     with torch.device("meta"):
         model = LlamaForCausalLM(config)
     compressed = {n: recipe for n in target_layers(model, recipe)} if recipe is not None else {}
