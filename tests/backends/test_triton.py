@@ -470,3 +470,16 @@ def test_gpu_check_script_ends_with_one_line_without_a_gpu(tmp_path):
     assert run.returncode == 2, run.stdout + run.stderr
     assert run.stdout.strip().splitlines()[-1].startswith("gpu-check: no CUDA device is visible")
     assert (tmp_path / "env.txt").exists() and not (tmp_path / "tests.log").exists()  # stopped before any test
+
+
+def test_semi_structured_bytes_count_what_the_product_reads():
+    from types import SimpleNamespace
+
+    from nmq.backends.cusparselt import SemiStructuredWeight, semi_structured_bytes
+
+    s = SimpleNamespace(packed=torch.zeros(32, 48, dtype=torch.float16), meta=torch.zeros(32, 4, dtype=torch.int16),
+                        shape=(32, 64))
+    assert semi_structured_bytes(s) == 32 * 48 * 2 + 32 * 4 * 2
+    assert semi_structured_bytes(SimpleNamespace(packed=None, shape=(32, 64))) == 32 * 64 + 32 * 64 // 8
+    w = SemiStructuredWeight(None, 32, 64, 64, "cutlass", {torch.float16: s, torch.bfloat16: s})
+    assert w.nbytes == 2 * semi_structured_bytes(s)

@@ -68,6 +68,17 @@ def sparse_kernel_name() -> str:
     return "cutlass"
 
 
+def semi_structured_bytes(s) -> int:
+    """Bytes a forward product reads from a semi-structured tensor: its compressed values and metadata
+    (the transposed copies PyTorch may keep for the backward pass are not read)."""
+    parts = [getattr(s, n, None) for n in ("packed", "meta")] if getattr(s, "packed", None) is not None else []
+    got = sum(t.numel() * t.element_size() for t in parts if t is not None)
+    if got:
+        return got
+    rows, cols = s.shape
+    return rows * cols + rows * cols // 8  # half the values in fp16, 2-bit indices for them
+
+
 @dataclass
 class SemiStructuredWeight:
     """A 2:4 weight compressed for sparse tensor cores, one copy per activation dtype."""
@@ -82,6 +93,11 @@ class SemiStructuredWeight:
     @property
     def shape(self) -> tuple[int, int]:
         return (self.out_features, self.in_features)
+
+    @property
+    def nbytes(self) -> int:
+        """Bytes one matmul reads: the compressed copy of each activation dtype built so far."""
+        return sum(semi_structured_bytes(w) for w in self.by_dtype.values())
 
     def weight(self, dtype: torch.dtype):
         w = self.by_dtype.get(dtype)

@@ -245,21 +245,21 @@ def _build(out: int, k: int, kernels: list[str], l2: int, min_copies: int, gen) 
                 to_sparse_semi_structured,
             )
 
-            from ..backends.cusparselt import sparse_kernel_name
+            from ..backends.cusparselt import semi_structured_bytes, sparse_kernel_name
 
             kernel = sparse_kernel_name()
             SparseSemiStructuredTensor._FORCE_CUTLASS = kernel == "cutlass"
             mask = t24.to_dense() != 0  # the same 2:4 positions, fp16 values
             dense = (w * mask).half().cuda()
             sparse = to_sparse_semi_structured(dense)
-            size = _semi_structured_bytes(sparse)
+            size = semi_structured_bytes(sparse)
             ws = [sparse] + [to_sparse_semi_structured(dense.clone()) for _ in range(_copies(size, l2, min_copies) - 1)]
             del dense
             cases.append(Case(name, f"torch-{kernel}", size, [lambda x, m=m: F.linear(x, m) for m in ws]))
         elif name == "cusparselt-2:4-from-int4":
             backend = CusparseltBackend()
             first = backend.prepack(t24)
-            size = _semi_structured_bytes(first.weight(torch.float16))
+            size = first.nbytes
             packs = [first] + [backend.prepack(t24) for _ in range(_copies(size, l2, min_copies) - 1)]
             cases.append(Case(name, "cusparselt", size, [lambda x, p=p, b=backend: b.matmul(x, p) for p in packs]))
     return cases
@@ -268,16 +268,6 @@ def _build(out: int, k: int, kernels: list[str], l2: int, min_copies: int, gen) 
 def _clone_packed(p):
     return replace(p, values=p.values.clone(), meta=p.meta.clone(), scales=p.scales.clone(),
                    zeros=None if p.zeros is None else p.zeros.clone())
-
-
-def _semi_structured_bytes(s) -> int:
-    # The compressed values and metadata read by the forward product; transposed copies are not read.
-    names = ("packed", "meta") if getattr(s, "packed", None) is not None else ()
-    got = _tensor_bytes(*(getattr(s, n, None) for n in names))
-    if got:
-        return got
-    rows, cols = s.shape
-    return rows * cols + rows * cols // 8  # half the values in fp16, 2-bit indices for them
 
 
 def _event_ms(fn: Callable[[], object]) -> float:
@@ -315,7 +305,6 @@ def _time(cases: list[Case], x: torch.Tensor, runs: int, warmup: int) -> dict[st
         out[t.case.name] = {"median_ms": graph if graph is not None else eager, "graph_ms": graph,
                             "eager_ms": eager, "timing": "graph" if graph is not None else "eager",
                             "graph_error": t.graph_error}
-    del timed
     return out
 
 

@@ -78,20 +78,10 @@ def linear_bytes(model: torch.nn.Module) -> int:
     total = 0
     for module in model.modules():
         if isinstance(module, NMQLinear):
-            for packed in module._packed.values():
-                total += _packed_bytes(packed)
+            total += sum(packed.nbytes for packed in module._packed.values())
         elif isinstance(module, torch.nn.Linear):
             total += module.weight.numel() * module.weight.element_size()
     return total
-
-
-def _packed_bytes(packed) -> int:
-    nbytes = getattr(packed, "nbytes", None)
-    if nbytes is not None:
-        return int(nbytes)
-    from .gpu import _semi_structured_bytes
-
-    return sum(_semi_structured_bytes(w) for w in packed.by_dtype.values())
 
 
 def decode(config: GpuConfig, model_name: str, shape: dict, prompt: int, new: int, rounds: int,

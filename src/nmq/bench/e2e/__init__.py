@@ -28,7 +28,6 @@ import json
 from ...shapes import SHAPES
 from .. import gpu_decode
 from ..common import BenchError, at_least
-from ..gpu_decode import GPU_CONFIGS
 from .configs import CONFIGS, DEFAULT_CONFIGS, parse_configs
 from .driver import alone, side_by_side
 from .models import fpga_estimate
@@ -46,7 +45,7 @@ def add_parser(subparsers, common: argparse.ArgumentParser) -> argparse.Argument
     )
     p.add_argument("--device", default="cpu", choices=["cpu", "cuda"],
                    help="cpu (default): nmq's CPU kernels, one process per configuration; cuda: nmq's Triton kernels "
-                        f"and cuSPARSELt against fp16 PyTorch, in one process (configs {', '.join(GPU_CONFIGS)})")
+                        f"and cuSPARSELt against fp16 PyTorch, in one process (configs {', '.join(gpu_decode.GPU_CONFIGS)})")
     p.add_argument("--model", default="llama-7b", choices=sorted(SHAPES), help="model shape (default llama-7b)")
     p.add_argument("--configs", help=f"comma-separated: {', '.join(CONFIGS)} (default {','.join(DEFAULT_CONFIGS)}; "
                    "on cuda the GPU configurations, all by default)")
